@@ -14,10 +14,12 @@
 #   flink-cluster.sh remove-tm WORKDIR   stop the most recently started TaskManager
 #   flink-cluster.sh flink WORKDIR ARGS  run `$FLINK_HOME/bin/flink ARGS` against the cluster
 #
-# Defaults: 1 TaskManager, 4 slots, REST 8081, RPC 6123, Prometheus 9249-9260,
-# 1g per process. A default port that is busy is replaced by a free one (an
-# explicit one is an error). After `start`, WORKDIR/cluster.env holds the
-# chosen values (FLINK_REST_URL, FLINK_REST_PORT, FLINK_PROM_PORTS, ...).
+# Defaults: 1 TaskManager, 4 slots, REST 8081, RPC 6123, Prometheus 9249-9260
+# (the JobManager gets 9249, each TaskManager the first free one of
+# 9250-9260), 1g per process. A default port that is busy is replaced by a
+# free one; an explicit one that is busy is an error. After `start`,
+# WORKDIR/cluster.env holds the chosen values (FLINK_REST_URL,
+# FLINK_REST_PORT, FLINK_JM_PROM_PORT, FLINK_TM_PROM_PORTS, ...).
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,15 +48,14 @@ load_flink_home() {
     command -v curl >/dev/null || die "curl not found on PATH"
 }
 
-# set_workdir DIR [create]: absolute WORKDIR and the paths under it.
+# set_workdir DIR [create]: absolute WORKDIR and the paths under it. Without
+# `create`, DIR need not exist any more: `stop` still finds its processes.
 set_workdir() {
     [[ -n $1 ]] || die "WORKDIR is empty"
     if [[ ${2:-} == create ]]; then
         mkdir -p "$1"
-    elif [[ ! -d $1 ]]; then
-        return 1
     fi
-    WORKDIR=$(cd "$1" && pwd -P)
+    WORKDIR=$(realpath -m -- "$1")
     CONF_DIR=$WORKDIR/conf
     LOG_DIR=$WORKDIR/log
     PID_DIR=$WORKDIR/pid
@@ -84,16 +85,17 @@ free_port() {
     py -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# pick_port NAME REQUESTED DEFAULT: REQUESTED if free; a free port if the
-# default was busy; an error if an explicitly requested one is busy.
+# pick_port NAME REQUESTED DEFAULT: REQUESTED (an explicit port) if free,
+# else an error; with no REQUESTED, DEFAULT if free, else any free port.
 pick_port() {
     local name=$1 requested=$2 default=$3
-    if port_free "$requested"; then
+    if [[ -n $requested ]]; then
+        port_free "$requested" || die "$name port $requested is in use"
         printf '%s\n' "$requested"
-    elif [[ $requested == "$default" ]]; then
-        free_port
+    elif port_free "$default"; then
+        printf '%s\n' "$default"
     else
-        die "$name port $requested is in use"
+        free_port
     fi
 }
 
@@ -106,19 +108,20 @@ count_free_ports() {
     printf '%s\n' "$n"
 }
 
-# pick_prom_ports REQUESTED NEEDED: a range with at least NEEDED free ports.
-# Each JVM's reporter binds the first free port of the range.
+# pick_prom_ports REQUESTED NEEDED: a port range with at least NEEDED free
+# ports (each JVM's reporter binds the first free port of the range). An
+# explicit REQUESTED range is used as given; the default one is replaced by
+# the next range of the same width that has room.
 pick_prom_ports() {
-    local requested=$1 needed=$2 a b width base
-    [[ $requested =~ ^([0-9]+)-([0-9]+)$ ]] || die "--prom-ports must look like 9249-9260, got '$requested'"
+    local requested=$1 needed=$2 range a b width base
+    range=${requested:-$DEFAULT_PROM_PORTS}
+    [[ $range =~ ^([0-9]+)-([0-9]+)$ ]] || die "--prom-ports must look like 9249-9260, got '$range'"
     a=${BASH_REMATCH[1]} b=${BASH_REMATCH[2]}
-    ((a <= b)) || die "--prom-ports: $a > $b"
-    if (($(count_free_ports "$a" "$b") >= needed)); then
-        printf '%s\n' "$requested"
+    ((a <= b && b < 65536)) || die "--prom-ports: bad range $range"
+    if [[ -n $requested ]] || (($(count_free_ports "$a" "$b") >= needed)); then
+        printf '%s\n' "$range"
         return
     fi
-    [[ $requested == "$DEFAULT_PROM_PORTS" ]] ||
-        die "--prom-ports $requested has fewer than $needed free ports"
     width=$((b - a))
     for ((base = b + 1; base + width < 65536; base += width + 1)); do
         if (($(count_free_ports "$base" $((base + width))) >= needed)); then
@@ -196,12 +199,19 @@ FLINK_REST_PORT=$REST_PORT
 FLINK_REST_URL=http://127.0.0.1:$REST_PORT
 FLINK_RPC_PORT=$RPC_PORT
 FLINK_PROM_PORTS=$PROM_PORTS
+FLINK_JM_PROM_PORT=$JM_PROM_PORT
+FLINK_TM_PROM_PORTS=$TM_PROM_PORTS
 EOF
+}
+
+# cluster_var NAME: a value that `start` recorded in WORKDIR/cluster.env.
+cluster_var() {
+    sed -n "s/^$1=//p" "$WORKDIR/cluster.env" 2>/dev/null | tail -n 1
 }
 
 rest_url() {
     local port
-    port=$(sed -n 's/^FLINK_REST_PORT=//p' "$WORKDIR/cluster.env" 2>/dev/null || true)
+    port=$(cluster_var FLINK_REST_PORT)
     [[ -n $port ]] || return 1
     printf 'http://127.0.0.1:%s\n' "$port"
 }
@@ -218,26 +228,38 @@ registered_tms() {
 # stale pid files whose pid was reused).
 ours() {
     [[ $1 =~ ^[0-9]+$ ]] || return 1
+    local argv0
+    argv0=$(head -zn 1 "/proc/$1/cmdline" 2>/dev/null | tr -d '\0') || return 1
+    [[ $argv0 == java || $argv0 == */java ]] || return 1
     grep -qzxF -- "-Dlog4j.configurationFile=file:$CONF_DIR/log4j.properties" "/proc/$1/cmdline" 2>/dev/null
 }
 
-# file_pids: live JVMs of this WORKDIR listed in the pid files.
-file_pids() {
+# pids_in FILE: live JVMs of this WORKDIR listed in a pid file.
+pids_in() {
     local pid
-    cat "$JM_PID_FILE" "$TM_PID_FILE" 2>/dev/null | while read -r pid; do
+    [[ -f $1 ]] || return 0
+    while read -r pid; do
         if ours "$pid"; then printf '%s\n' "$pid"; fi
-    done
+    done <"$1"
+}
+
+file_pids() {
+    pids_in "$JM_PID_FILE"
+    pids_in "$TM_PID_FILE"
 }
 
 # our_pids: every live JVM of this WORKDIR: the pid files' entries plus any
 # process whose command line names this conf dir (one started by a run that
 # died before its pid file was written).
 our_pids() {
+    local pid
     {
         file_pids
         grep -lzxF -- "-Dlog4j.configurationFile=file:$CONF_DIR/log4j.properties" /proc/[0-9]*/cmdline 2>/dev/null |
             sed -n 's|^/proc/\([0-9]*\)/cmdline$|\1|p' || true
-    } | sort -un
+    } | sort -un | while read -r pid; do
+        if ours "$pid"; then printf '%s\n' "$pid"; fi
+    done
 }
 
 # stop_pids PID...: SIGTERM, up to 15 s for a clean exit, then SIGKILL.
@@ -264,8 +286,8 @@ log_tail() {
     local f
     for f in "$LOG_DIR"/*.log "$LOG_DIR"/*.out; do
         [[ -s $f ]] || continue
-        printf '==> %s (last 30 lines) <==\n' "$f" >&2
-        tail -n 30 "$f" >&2
+        printf '==> %s (last 20 lines) <==\n' "$f" >&2
+        tail -n 20 "$f" >&2
     done
 }
 
@@ -289,7 +311,8 @@ wait_for_tms() {
 
 start_tm() {
     flink_env
-    "$FLINK_HOME/bin/taskmanager.sh" start >>"$LOG_DIR/scripts.out" 2>&1 ||
+    "$FLINK_HOME/bin/taskmanager.sh" start -D "metrics.reporter.prom.port=$TM_PROM_PORTS" \
+        >>"$LOG_DIR/scripts.out" 2>&1 ||
         die "taskmanager.sh start failed; see $LOG_DIR/scripts.out"
 }
 
@@ -303,8 +326,8 @@ start_failed() {
 }
 
 cmd_start() {
-    local tms=1 slots=4 rest_port=$DEFAULT_REST_PORT rpc_port=$DEFAULT_RPC_PORT
-    local prom_ports=$DEFAULT_PROM_PORTS timeout=90
+    # Empty port options mean "not given": defaults, or free ports if busy.
+    local tms=1 slots=4 rest_port="" rpc_port="" prom_ports="" timeout=90
     JM_MEMORY=1g TM_MEMORY=1g EXTRA_CONF=()
     while (($# > 0)); do
         [[ $# -ge 2 ]] || die "$1 needs a value"
@@ -326,7 +349,7 @@ cmd_start() {
         shift 2
     done
     local n
-    for n in "$tms" "$slots" "$rest_port" "$rpc_port" "$timeout"; do
+    for n in "$tms" "$slots" "${rest_port:-0}" "${rpc_port:-0}" "$timeout"; do
         [[ $n =~ ^[0-9]+$ ]] || die "not a number: '$n'"
     done
     ((tms >= 1 && slots >= 1)) || die "--taskmanagers and --slots must be at least 1"
@@ -338,9 +361,22 @@ cmd_start() {
     local t0=$SECONDS
     REST_PORT=$(pick_port REST "$rest_port" "$DEFAULT_REST_PORT")
     RPC_PORT=$(pick_port RPC "$rpc_port" "$DEFAULT_RPC_PORT")
-    [[ $REST_PORT != "$RPC_PORT" ]] || RPC_PORT=$(free_port)
+    [[ $REST_PORT != "$RPC_PORT" ]] || die "the REST and RPC ports are both $REST_PORT"
     # Room for the JobManager, the TaskManagers and two more (add-tm).
     PROM_PORTS=$(pick_prom_ports "$prom_ports" $((tms + 3)))
+    # The JobManager gets the first free port of the range to itself and the
+    # TaskManagers the rest, so that the JobManager's port is known and a
+    # TaskManager's never is the JobManager's (9249 and 9250-9260 by default).
+    local p last=${PROM_PORTS#*-}
+    JM_PROM_PORT=""
+    for ((p = ${PROM_PORTS%-*}; p < last; p++)); do
+        if port_free "$p"; then
+            JM_PROM_PORT=$p
+            break
+        fi
+    done
+    [[ -n $JM_PROM_PORT ]] || die "no free Prometheus port in $PROM_PORTS below its last one"
+    TM_PROM_PORTS=$((JM_PROM_PORT + 1))-$last
     SLOTS=$slots
     rm -rf "$LOG_DIR" "$PID_DIR"
     write_config
@@ -349,14 +385,27 @@ cmd_start() {
     trap 'start_failed' EXIT
     trap 'exit 130' INT TERM
     flink_env
-    "$FLINK_HOME/bin/jobmanager.sh" start >>"$LOG_DIR/scripts.out" 2>&1 ||
-        die "jobmanager.sh start failed; see $LOG_DIR/scripts.out"
-    local i
-    for ((i = 0; i < tms; i++)); do start_tm; done
-    wait_for_tms "$tms" "$timeout"
+    # The launch scripts spend seconds each in a JVM that derives the memory
+    # settings, so run them side by side; TaskManagers retry until the
+    # ResourceManager is up.
+    local launchers=() i pid failed=0
+    "$FLINK_HOME/bin/jobmanager.sh" start -D "metrics.reporter.prom.port=$JM_PROM_PORT" \
+        >>"$LOG_DIR/scripts.out" 2>&1 &
+    launchers+=("$!")
+    for ((i = 0; i < tms; i++)); do
+        start_tm &
+        launchers+=("$!")
+    done
+    for pid in "${launchers[@]}"; do
+        wait "$pid" || failed=1
+    done
+    ((failed == 0)) || die "a Flink launch script failed; see $LOG_DIR/scripts.out"
+    # The timeout counts from the start of this command.
+    local left=$((timeout - (SECONDS - t0)))
+    wait_for_tms "$tms" $((left > 1 ? left : 1))
     trap - EXIT INT TERM
-    printf 'flink cluster up in %ss: %s (%s TaskManager(s) x %s slots, Prometheus ports %s, workdir %s)\n' \
-        $((SECONDS - t0)) "http://127.0.0.1:$REST_PORT" "$tms" "$slots" "$PROM_PORTS" "$WORKDIR"
+    printf 'flink cluster up in %ss: %s (%s TaskManager(s) x %s slots; Prometheus: JobManager %s, TaskManagers %s; workdir %s)\n' \
+        $((SECONDS - t0)) "http://127.0.0.1:$REST_PORT" "$tms" "$slots" "$JM_PROM_PORT" "$TM_PROM_PORTS" "$WORKDIR"
 }
 
 cmd_stop() {
@@ -374,22 +423,40 @@ prom_port() {
     sed -n 's/.*Started PrometheusReporter HTTP server on port \([0-9]*\).*/\1/p' "$1" 2>/dev/null | tail -n 1
 }
 
+# log_of PID: the log file of one of our JVMs (its -Dlog.file).
+log_of() {
+    tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | sed -n 's/^-Dlog\.file=//p' | head -n 1
+}
+
+# resource_id LOGFILE: the TaskManager's ResourceID (tm_id in metrics, with
+# '.' and '-' turned into '_').
+resource_id() {
+    sed -n 's/.*Starting TaskManager with ResourceID: \([^ ]*\).*/\1/p' "$1" 2>/dev/null | tail -n 1
+}
+
+# status: key=value lines; one `taskmanager=PID PROM_PORT RESOURCE_ID` line
+# per live TaskManager, oldest first. Ports and ids are read from each live
+# process's own log, so they are right however many were added or removed.
 cmd_status() {
-    local jm tm=() pid url body f ports=() jm_logs
-    mapfile -t tm < <(while read -r pid; do if ours "$pid"; then printf '%s\n' "$pid"; fi; done <"$TM_PID_FILE" 2>/dev/null || true)
-    jm=$(while read -r pid; do if ours "$pid"; then printf '%s\n' "$pid"; fi; done <"$JM_PID_FILE" 2>/dev/null || true)
+    local jm tm=() url body pid log ports=()
+    mapfile -t tm < <(pids_in "$TM_PID_FILE")
+    jm=$(pids_in "$JM_PID_FILE")
     url=$(rest_url || true)
     body=""
     if [[ -n $url ]]; then body=$(curl -fsS --max-time 2 "$url/overview" 2>/dev/null || true); fi
-    for f in "$LOG_DIR"/flink-"$IDENT"-taskexecutor-*.log; do
-        [[ -f $f ]] && ports+=("$(prom_port "$f")")
-    done
     printf 'workdir=%s\n' "$WORKDIR"
-    printf 'jobmanager_pid=%s\n' "$jm"
-    printf 'taskmanager_pids=%s\n' "${tm[*]}"
+    printf 'conf_dir=%s\n' "$CONF_DIR"
     printf 'rest_url=%s\n' "$url"
-    jm_logs=("$LOG_DIR"/flink-"$IDENT"-standalonesession-*.log)
-    printf 'jobmanager_prom_port=%s\n' "$(prom_port "${jm_logs[0]}")"
+    printf 'jobmanager_pid=%s\n' "$jm"
+    if [[ -n $jm ]]; then
+        printf 'jobmanager_prom_port=%s\n' "$(prom_port "$(log_of "$jm")")"
+    fi
+    for pid in "${tm[@]}"; do
+        log=$(log_of "$pid")
+        ports+=("$(prom_port "$log")")
+        printf 'taskmanager=%s %s %s\n' "$pid" "${ports[-1]:--}" "$(resource_id "$log")"
+    done
+    printf 'taskmanager_pids=%s\n' "${tm[*]}"
     printf 'taskmanager_prom_ports=%s\n' "${ports[*]}"
     if [[ -n $body ]]; then
         printf 'taskmanagers=%s\n' "$(sed -n 's/.*"taskmanagers":\([0-9]*\).*/\1/p' <<<"$body")"
@@ -412,6 +479,8 @@ cmd_add_tm() {
     local before
     before=$(registered_tms)
     [[ -n $before ]] || die "the cluster in $WORKDIR does not answer on $(rest_url)"
+    TM_PROM_PORTS=$(cluster_var FLINK_TM_PROM_PORTS)
+    [[ -n $TM_PROM_PORTS ]] || die "$WORKDIR/cluster.env lacks FLINK_TM_PROM_PORTS"
     start_tm
     wait_for_tms $((before + 1)) 90 || {
         log_tail
@@ -460,11 +529,8 @@ main() {
             cmd_start "$@"
             ;;
         stop | status | add-tm | remove-tm | flink)
-            if ! set_workdir "$dir"; then
-                [[ $cmd == stop ]] && exit 0
-                [[ $cmd == status ]] && printf 'state=stopped\n' && exit 3
-                die "no such WORKDIR: $dir"
-            fi
+            set_workdir "$dir"
+            [[ $cmd == stop || $cmd == status || -d $WORKDIR ]] || die "no such WORKDIR: $dir"
             [[ $cmd == flink || $# -eq 0 ]] || die "$cmd takes no options"
             "cmd_${cmd//-/_}" "$@"
             ;;

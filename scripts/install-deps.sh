@@ -36,7 +36,7 @@ referencing==0.37.0
 rpds-py==2026.9.1
 typing_extensions==4.16.0'
 
-CACHE=${DEMETER_CACHE:-$HOME/.cache/demeter}
+CACHE=${DEMETER_CACHE:-${HOME:-/root}/.cache/demeter}
 VENV=$CACHE/venv
 HELM_LAYER=$CACHE/helm-layer
 PIP_FLAGS=(--quiet --no-input --disable-pip-version-check --no-cache-dir)

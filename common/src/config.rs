@@ -74,7 +74,7 @@ impl JobConfig {
             self.checkpoint_interval_ms,
             &mut errs,
         );
-        if space.full_taskmanagers_only && self.parallelism % self.task_slots.max(1) != 0 {
+        if space.full_taskmanagers_only && !self.parallelism.is_multiple_of(self.task_slots.max(1)) {
             errs.push(
                 "parallelism",
                 self.parallelism,
@@ -122,7 +122,7 @@ impl Steps {
     }
 
     pub fn contains(&self, v: u64) -> bool {
-        self.step > 0 && v >= self.min && v <= self.max && (v - self.min) % self.step == 0
+        self.step > 0 && v >= self.min && v <= self.max && (v - self.min).is_multiple_of(self.step)
     }
 
     fn check_value(&self, key: &str, v: u64, errs: &mut ValidationErrors) {

@@ -29,7 +29,7 @@ impl UnixMillis {
     }
 
     /// `self + d`, saturating.
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         UnixMillis(self.0.saturating_add(d.as_millis().min(i64::MAX as u128) as i64))
     }
 
@@ -57,7 +57,7 @@ mod tests {
     #[test]
     fn arithmetic_saturates() {
         let t = UnixMillis(1_000);
-        assert_eq!(t.add(Duration::from_millis(500)), UnixMillis(1_500));
+        assert_eq!(t.plus(Duration::from_millis(500)), UnixMillis(1_500));
         assert_eq!(t.since(UnixMillis(2_000)), Duration::ZERO);
         assert_eq!(UnixMillis(2_500).since(t), Duration::from_millis(1_500));
     }

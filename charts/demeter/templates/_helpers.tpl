@@ -200,7 +200,9 @@ it), else a random one. Call with (dict "value" .. "namespace" .. "secret" .. "k
 
 {{/*
 Environment variables wiring NATS credentials from a Secret.
-Call with (dict "prefix" "DEMETER_AGENT" "secret" name "keys" secretKeys "auth" bool "credsPath" path).
+Call with (dict "prefix" "DEMETER_AGENT" "secret" name "keys" secretKeys "auth" bool "credsPath" path "optional" bool).
+optional: the pod starts even if the Secret is missing (used for the agent: a sidecar must never keep a
+TaskManager from starting; the agent just cannot authenticate until the Secret exists).
 */}}
 {{- define "demeter.natsCredentialEnv" -}}
 {{- if .auth }}
@@ -210,6 +212,9 @@ Call with (dict "prefix" "DEMETER_AGENT" "secret" name "keys" secretKeys "auth" 
     secretKeyRef:
       name: {{ .secret }}
       key: {{ .keys.user }}
+      {{- if .optional }}
+      optional: true
+      {{- end }}
 {{- end }}
 {{- if .keys.password }}
 - name: {{ .prefix }}_NATS_PASSWORD
@@ -217,6 +222,9 @@ Call with (dict "prefix" "DEMETER_AGENT" "secret" name "keys" secretKeys "auth" 
     secretKeyRef:
       name: {{ .secret }}
       key: {{ .keys.password }}
+      {{- if .optional }}
+      optional: true
+      {{- end }}
 {{- end }}
 {{- if .keys.token }}
 - name: {{ .prefix }}_NATS_TOKEN
@@ -224,6 +232,9 @@ Call with (dict "prefix" "DEMETER_AGENT" "secret" name "keys" secretKeys "auth" 
     secretKeyRef:
       name: {{ .secret }}
       key: {{ .keys.token }}
+      {{- if .optional }}
+      optional: true
+      {{- end }}
 {{- end }}
 {{- if .keys.creds }}
 - name: {{ .prefix }}_NATS_CREDS
@@ -277,7 +288,9 @@ env:
     valueFrom:
       fieldRef:
         fieldPath: metadata.labels['app']
-  {{- include "demeter.natsCredentialEnv" (dict "prefix" "DEMETER_AGENT" "secret" (include "demeter.agentNatsSecretName" .) "keys" $a.nats.secretKeys "auth" .Values.nats.auth.enabled "credsPath" "/etc/demeter/nats-creds") | nindent 2 }}
+  {{- with include "demeter.natsCredentialEnv" (dict "prefix" "DEMETER_AGENT" "secret" (include "demeter.agentNatsSecretName" .) "keys" $a.nats.secretKeys "auth" .Values.nats.auth.enabled "credsPath" "/etc/demeter/nats-creds" "optional" true) | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
   {{- if .Values.nats.tls.ca.secretName }}
   - name: DEMETER_AGENT_NATS_TLS_CA
     value: {{ printf "/etc/demeter/nats-ca/%s" .Values.nats.tls.ca.key | quote }}
@@ -331,6 +344,7 @@ volumeMounts:
 - name: demeter-agent-nats-creds
   secret:
     secretName: {{ include "demeter.agentNatsSecretName" . }}
+    optional: true
     items:
       - key: {{ .Values.agent.nats.secretKeys.creds }}
         path: {{ .Values.agent.nats.secretKeys.creds }}
@@ -339,6 +353,7 @@ volumeMounts:
 - name: demeter-agent-nats-ca
   secret:
     secretName: {{ .Values.nats.tls.ca.secretName }}
+    optional: true
     items:
       - key: {{ .Values.nats.tls.ca.key }}
         path: {{ .Values.nats.tls.ca.key }}
@@ -359,7 +374,7 @@ metadata:
     {{- end }}
 spec:
   containers:
-    - {{- include "demeter.agentSidecar" . | nindent 6 }}
+    - {{ include "demeter.agentSidecar" . | indent 6 | trim }}
   volumes:
     {{- include "demeter.agentVolumes" . | nindent 4 }}
 {{- end }}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's test command (README "Tests"; .ci/run calls it).
+#
+# 1. installs the pinned real components (nats-server 2.15.1, Flink 2.3.0, Helm 4, kubernetes-validate)
+#    into $DEMETER_CACHE (default ~/.cache/demeter), reusing what is already there;
+# 2. checks formatting and lints;
+# 3. runs every test with cargo nextest — tests start their own nats-server and Flink processes on
+#    free loopback ports and stop them when done;
+# 4. lints and validates the Helm chart offline;
+# 5. runs a short simulator comparison as a CLI smoke test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing pinned components into ${DEMETER_CACHE:-$HOME/.cache/demeter}"
+bash scripts/install-deps.sh nats flink helm
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo nextest"
+cargo nextest run --workspace --locked --profile ci
+
+step "Helm chart: lint, render, validate"
+bash scripts/check-chart.sh
+
+step "simulator smoke run (1-hour slice)"
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+cargo run --release --locked -q -p demeter-coordinator -- simulate \
+  --workload datasets/CARS_3D_1S_4_sub_35K_max.csv --slice 0:3600 --strategies all --out "$out" --seed 1 --no-plots
+test -s "$out/summary.json"
+echo "simulate: summary.json written"
