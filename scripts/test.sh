@@ -32,7 +32,18 @@ bash scripts/check-chart.sh
 step "simulator smoke run (1-hour slice)"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-cargo run --release --locked -q -p demeter-coordinator -- simulate \
-  --workload datasets/CARS_3D_1S_4_sub_35K_max.csv --slice 0:3600 --strategies all --out "$out" --seed 1 --no-plots
-test -s "$out/summary.json"
-echo "simulate: summary.json written"
+cargo run --locked -q -p demeter-coordinator -- simulate \
+  --workload datasets/CARS_3D_1S_4_sub_35K_max.csv --duration 1h --strategies all --out "$out" --seed 1
+python3 - "$out" <<'PY'
+import json, sys, os
+d = sys.argv[1]
+s = json.load(open(os.path.join(d, "summary.json")))
+names = {"static", "hpa", "operator", "operator-defaults", "demeter-upstream", "demeter", "oracle"}
+assert set(s["strategies"]) == names, s["strategies"].keys()
+assert s["strategies"]["static"]["cpu_ratio"] == 1.0
+for n in names:
+    assert os.path.getsize(os.path.join(d, n + ".csv")) > 0, n
+for p in ("rate.png", "resources.png", "latency.png"):
+    assert open(os.path.join(d, p), "rb").read(8) == b"\x89PNG\r\n\x1a\n", p
+print("simulate: summary.json, 7 CSV series and 3 plots written")
+PY

@@ -5,8 +5,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use demeter_agent::batch::BatchBuilder;
 use demeter_agent::prom_text;
 use demeter_agent::select::Selector;
-use demeter_common::wire::{ContainerSample, Sample, Source};
 use demeter_common::UnixMillis;
+use demeter_common::wire::{ContainerSample, Sample, Source};
 use std::hint::black_box;
 
 const FIXTURE: &str = include_str!("../tests/fixtures/flink-2.3-taskmanager.prom");
@@ -43,7 +43,8 @@ fn bench(c: &mut Criterion) {
             let now = UnixMillis(t);
             let sel = selector.select(black_box(FIXTURE), now);
             let mut samples = sel.samples;
-            samples.push(Sample::Container(ContainerSample { origin: "cgroup".into(), ..Default::default() }));
+            samples
+                .push(Sample::Container(ContainerSample { origin: "cgroup".into(), ..Default::default() }));
             let batch = builder.build(sel.job_id, samples, now);
             builder.entry(&batch).payload.len()
         })

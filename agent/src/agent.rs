@@ -20,7 +20,9 @@ use crate::publish::{JetStreamPublisher, PublishError, Publisher};
 use crate::scrape::{Scraper, backoff};
 use crate::select::Selector;
 use crate::spool::{DirIo, Entry, OutageSpool, SpoolLimits};
-use crate::telemetry::{BatchPublished, ExpositionIssues, PublishFailed, ScrapeCompleted, ScrapeFailed, Telemetry};
+use crate::telemetry::{
+    BatchPublished, ExpositionIssues, PublishFailed, ScrapeCompleted, ScrapeFailed, Telemetry,
+};
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -104,7 +106,11 @@ impl Shared {
         let prev = self.reported_drops.swap(drops, Ordering::Relaxed);
         if drops > prev {
             self.telemetry.dropped.inc_by(drops - prev);
-            tracing::warn!(dropped = drops - prev, dropped_total = drops, "buffer full: dropped the oldest batches");
+            tracing::warn!(
+                dropped = drops - prev,
+                dropped_total = drops,
+                "buffer full: dropped the oldest batches"
+            );
         }
         let errs = s.io_errors_total();
         let prev = self.reported_spool_errors.swap(errs, Ordering::Relaxed);
@@ -188,8 +194,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send) 
     let spool = match &settings.spool_dir {
         Some(dir) => {
             let io = DirIo::new(dir).with_context(|| format!("spool directory {}", dir.display()))?;
-            let limits = SpoolLimits { memory_capacity: settings.buffer_size, disk_max_bytes: settings.spool_max_bytes };
-            let spool = OutageSpool::open(limits, io).with_context(|| format!("spool directory {}", dir.display()))?;
+            let limits = SpoolLimits {
+                memory_capacity: settings.buffer_size,
+                disk_max_bytes: settings.spool_max_bytes,
+            };
+            let spool = OutageSpool::open(limits, io)
+                .with_context(|| format!("spool directory {}", dir.display()))?;
             if !spool.is_empty() {
                 tracing::info!(batches = spool.len(), dir = %dir.display(), "recovered spooled batches from a previous run");
             }
@@ -197,7 +207,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send) 
         }
         None => OutageSpool::memory_only(settings.buffer_size),
     };
-    let stale_after = settings.interval.max(settings.scrape_backoff_max) * 3 + settings.scrape_timeout + Duration::from_secs(5);
+    let stale_after = settings.interval.max(settings.scrape_backoff_max) * 3
+        + settings.scrape_timeout
+        + Duration::from_secs(5);
     let shared = Arc::new(Shared::new(spool, stale_after));
     shared.with_spool(|_| ());
     shared.touch();
@@ -271,7 +283,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send) 
 
     shutdown.await;
     let buffered = shared.buffered();
-    tracing::info!(buffered, drain_timeout_ms = settings.drain_timeout.as_millis() as u64, "shutting down: draining the buffer");
+    tracing::info!(
+        buffered,
+        drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
+        "shutting down: draining the buffer"
+    );
     shared.draining.store(true, Ordering::Relaxed);
     shared.state_changed.notify_one();
     let _ = phase_tx.send(Phase::Draining(tokio::time::Instant::now() + settings.drain_timeout));
@@ -282,9 +298,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()> + Send) 
     if left > 0 {
         let written = shared.with_spool(|s| s.persist_memory());
         if settings.spool_dir.is_some() {
-            tracing::warn!(left, written_to_spool = written, "NATS did not take every batch before the drain timeout");
+            tracing::warn!(
+                left,
+                written_to_spool = written,
+                "NATS did not take every batch before the drain timeout"
+            );
         } else {
-            tracing::warn!(lost = left, "NATS did not take every batch before the drain timeout and no spool_dir is set");
+            tracing::warn!(
+                lost = left,
+                "NATS did not take every batch before the drain timeout and no spool_dir is set"
+            );
         }
     }
     // A last heartbeat with the final figures.
@@ -355,7 +378,8 @@ async fn scrape_loop(
                 let msg = e.to_string();
                 *shared.last_scrape_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
                 shared.set_tm(TM_DOWN);
-                let wait = backoff(settings.interval, settings.scrape_backoff_max, failures, rand::random::<f64>());
+                let wait =
+                    backoff(settings.interval, settings.scrape_backoff_max, failures, rand::random::<f64>());
                 ScrapeFailed { error_type: e.kind(), error: &msg, consecutive: failures, retry_in: wait }
                     .emit(&shared.telemetry);
                 next = t0 + wait;
@@ -394,7 +418,11 @@ async fn forward<P: Publisher>(shared: Arc<Shared>, publisher: P, mut phase: wat
             last_stream_attempt = Some(Instant::now());
             match publisher.ensure_stream().await {
                 Ok(outcome) => {
-                    tracing::info!(stream = demeter_common::subject::METRICS_STREAM, ?outcome, "metrics stream ready");
+                    tracing::info!(
+                        stream = demeter_common::subject::METRICS_STREAM,
+                        ?outcome,
+                        "metrics stream ready"
+                    );
                     shared.stream_ready.store(true, Ordering::Relaxed);
                 }
                 // Maybe the agent may publish but not manage streams; try publishing anyway.
@@ -430,7 +458,13 @@ async fn forward<P: Publisher>(shared: Arc<Shared>, publisher: P, mut phase: wat
     }
 }
 
-async fn send_heartbeat<P: Publisher>(shared: &Shared, publisher: &P, source: &Source, run_id: &str, subject: &str) {
+async fn send_heartbeat<P: Publisher>(
+    shared: &Shared,
+    publisher: &P,
+    source: &Source,
+    run_id: &str,
+    subject: &str,
+) {
     let next_seq = shared.next_seq.load(Ordering::Relaxed);
     let hb = AgentHeartbeat {
         schema_version: SCHEMA_VERSION,

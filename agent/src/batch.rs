@@ -40,7 +40,12 @@ impl BatchBuilder {
     }
 
     /// Builds the next batch.
-    pub fn build(&mut self, job_id: Option<String>, samples: Vec<Sample>, collected_at: UnixMillis) -> MetricBatch {
+    pub fn build(
+        &mut self,
+        job_id: Option<String>,
+        samples: Vec<Sample>,
+        collected_at: UnixMillis,
+    ) -> MetricBatch {
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut source = self.source.clone();

@@ -262,7 +262,10 @@ pub enum LogFormat {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NatsAuth {
     None,
-    UserPassword { user: String, password: Secret },
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
     Token(Secret),
     /// A `.creds` file or an NKey seed file.
     Credentials(PathBuf),
@@ -355,7 +358,9 @@ impl Settings {
             }
         }
         if let Some(path) = &cli.config {
-            b = b.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml).required(true));
+            b = b.add_source(
+                config::File::from(path.as_path()).format(config::FileFormat::Toml).required(true),
+            );
         }
         for (key, value) in cli_values(cli) {
             b = b.set_override(key, value).map_err(|e| ConfigError::Load(e.to_string()))?;
@@ -367,7 +372,8 @@ impl Settings {
 
     fn validate(raw: Raw, env: &dyn Env) -> Result<Settings, ValidationErrors> {
         let mut errs = ValidationErrors::default();
-        let s = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+        let s =
+            |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
 
         let metrics_url = s(&raw.metrics_url).unwrap_or_default();
         match reqwest::Url::parse(&metrics_url) {
@@ -385,7 +391,9 @@ impl Settings {
         let hostname = env.hostname().unwrap_or_else(|| "localhost".to_string());
         let pod_name = env.var("POD_NAME");
         let identity = Identity {
-            namespace: s(&raw.namespace).or_else(|| env.var("POD_NAMESPACE")).unwrap_or_else(|| "default".into()),
+            namespace: s(&raw.namespace)
+                .or_else(|| env.var("POD_NAMESPACE"))
+                .unwrap_or_else(|| "default".into()),
             deployment: s(&raw.deployment).unwrap_or_else(|| hostname.clone()),
             taskmanager: s(&raw.taskmanager).or_else(|| pod_name.clone()).unwrap_or_else(|| hostname.clone()),
             pod: s(&raw.pod).or_else(|| pod_name.clone()).unwrap_or_else(|| hostname.clone()),
@@ -408,20 +416,26 @@ impl Settings {
         let interval = duration(&mut errs, "interval", &raw.interval, ms(100), secs(3600)).unwrap_or(secs(1));
         let scrape_timeout = match s(&raw.scrape_timeout) {
             None => interval,
-            Some(_) => duration(&mut errs, "scrape_timeout", &raw.scrape_timeout, ms(10), interval).unwrap_or(interval),
+            Some(_) => duration(&mut errs, "scrape_timeout", &raw.scrape_timeout, ms(10), interval)
+                .unwrap_or(interval),
         };
         let scrape_backoff_max = match s(&raw.scrape_backoff_max) {
             None => secs(5).max(interval),
-            Some(_) => duration(&mut errs, "scrape_backoff_max", &raw.scrape_backoff_max, interval, secs(600))
-                .unwrap_or(secs(5).max(interval)),
+            Some(_) => {
+                duration(&mut errs, "scrape_backoff_max", &raw.scrape_backoff_max, interval, secs(600))
+                    .unwrap_or(secs(5).max(interval))
+            }
         };
         let heartbeat_interval =
-            duration(&mut errs, "heartbeat_interval", &raw.heartbeat_interval, secs(1), secs(3600)).unwrap_or(secs(5));
+            duration(&mut errs, "heartbeat_interval", &raw.heartbeat_interval, secs(1), secs(3600))
+                .unwrap_or(secs(5));
         let stream_max_age =
-            duration(&mut errs, "stream_max_age", &raw.stream_max_age, secs(60), secs(365 * 86400)).unwrap_or(secs(3600));
-        let drain_timeout = duration(&mut errs, "drain_timeout", &raw.drain_timeout, ms(0), secs(600)).unwrap_or(secs(10));
-        let publish_timeout =
-            duration(&mut errs, "publish_timeout", &raw.publish_timeout, ms(100), secs(60)).unwrap_or(secs(5));
+            duration(&mut errs, "stream_max_age", &raw.stream_max_age, secs(60), secs(365 * 86400))
+                .unwrap_or(secs(3600));
+        let drain_timeout =
+            duration(&mut errs, "drain_timeout", &raw.drain_timeout, ms(0), secs(600)).unwrap_or(secs(10));
+        let publish_timeout = duration(&mut errs, "publish_timeout", &raw.publish_timeout, ms(100), secs(60))
+            .unwrap_or(secs(5));
 
         let listen_s = s(&raw.listen).unwrap_or_default();
         let listen = listen_s.parse::<SocketAddr>().unwrap_or_else(|_| {
@@ -439,10 +453,15 @@ impl Settings {
         };
         let log_level = s(&raw.log_level).unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            errs.push("log_level", format!("{log_level:?}"), "a tracing filter such as info or demeter_agent=debug");
+            errs.push(
+                "log_level",
+                format!("{log_level:?}"),
+                "a tracing filter such as info or demeter_agent=debug",
+            );
         }
 
-        let buffer_size = integer(&mut errs, "buffer_size", &raw.buffer_size, 1, 1_000_000).unwrap_or(3600) as usize;
+        let buffer_size =
+            integer(&mut errs, "buffer_size", &raw.buffer_size, 1, 1_000_000).unwrap_or(3600) as usize;
         let spool_dir = s(&raw.spool_dir).map(PathBuf::from);
         let spool_max_bytes = match s(&raw.spool_max_bytes) {
             Some(v) => match parse_size(&v) {
@@ -489,22 +508,23 @@ impl Settings {
         if let Some(ca) = &ca {
             readable_file(&mut errs, "nats_tls_ca", ca);
         }
-        let client_cert = match (s(&raw.nats_tls_cert).map(PathBuf::from), s(&raw.nats_tls_key).map(PathBuf::from)) {
-            (Some(c), Some(k)) => {
-                readable_file(&mut errs, "nats_tls_cert", &c);
-                readable_file(&mut errs, "nats_tls_key", &k);
-                Some((c, k))
-            }
-            (Some(_), None) => {
-                errs.push("nats_tls_key", "(unset)", "a key file when nats_tls_cert is set");
-                None
-            }
-            (None, Some(_)) => {
-                errs.push("nats_tls_cert", "(unset)", "a certificate file when nats_tls_key is set");
-                None
-            }
-            (None, None) => None,
-        };
+        let client_cert =
+            match (s(&raw.nats_tls_cert).map(PathBuf::from), s(&raw.nats_tls_key).map(PathBuf::from)) {
+                (Some(c), Some(k)) => {
+                    readable_file(&mut errs, "nats_tls_cert", &c);
+                    readable_file(&mut errs, "nats_tls_key", &k);
+                    Some((c, k))
+                }
+                (Some(_), None) => {
+                    errs.push("nats_tls_key", "(unset)", "a key file when nats_tls_cert is set");
+                    None
+                }
+                (None, Some(_)) => {
+                    errs.push("nats_tls_cert", "(unset)", "a certificate file when nats_tls_key is set");
+                    None
+                }
+                (None, None) => None,
+            };
 
         let cgroup_root = PathBuf::from(s(&raw.cgroup_root).unwrap_or_else(|| "/sys/fs/cgroup".into()));
 
@@ -598,7 +618,7 @@ fn duration(
 fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, n) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms > 0 && ms % n == 0 {
+        if ms > 0 && ms.is_multiple_of(n) {
             return format!("{}{unit}", ms / n);
         }
     }
@@ -736,7 +756,8 @@ mod tests {
         )
         .unwrap();
         let path = f.to_str().unwrap();
-        let s = Settings::load(&cli(&["--config", path, "--buffer-size", "20"]), &FakeEnv::default()).unwrap();
+        let s =
+            Settings::load(&cli(&["--config", path, "--buffer-size", "20"]), &FakeEnv::default()).unwrap();
         assert_eq!(s.interval, Duration::from_millis(500));
         assert_eq!(s.scrape_timeout, Duration::from_millis(500), "defaults to the interval");
         assert_eq!(s.buffer_size, 20, "flag over file");
@@ -790,28 +811,38 @@ mod tests {
             ]
         );
         let text = err.to_string();
-        assert!(text.contains("invalid value \"0s\" for `interval`: allowed a duration 100ms..=1h"), "{text}");
+        assert!(
+            text.contains("invalid value \"0s\" for `interval`: allowed a duration 100ms..=1h"),
+            "{text}"
+        );
         assert!(text.contains("invalid value \"0\" for `buffer_size`: allowed 1..=1000000"), "{text}");
         assert!(!text.contains("hunter2"), "secrets never appear: {text}");
     }
 
     #[test]
     fn secrets_do_not_leak_through_debug() {
-        let c = cli(&["--nats-user", "agent", "--nats-password", "s3cr3t", "--nats-url", "nats://t0k3n@h:4222"]);
+        let c =
+            cli(&["--nats-user", "agent", "--nats-password", "s3cr3t", "--nats-url", "nats://t0k3n@h:4222"]);
         let s = Settings::load(&c, &FakeEnv::default()).unwrap();
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("s3cr3t") && !dbg.contains("t0k3n"), "{dbg}");
         assert_eq!(s.nats_url_redacted(), "nats://***@h:4222");
-        assert!(matches!(&s.nats_auth, NatsAuth::UserPassword { password, .. } if password.expose() == "s3cr3t"));
-        let err = Settings::load(&cli(&["--nats-token", "abc", "--nats-user", "u", "--nats-password", "p"]), &FakeEnv::default())
-            .unwrap_err();
+        assert!(
+            matches!(&s.nats_auth, NatsAuth::UserPassword { password, .. } if password.expose() == "s3cr3t")
+        );
+        let err = Settings::load(
+            &cli(&["--nats-token", "abc", "--nats-user", "u", "--nats-password", "p"]),
+            &FakeEnv::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("at most one method"), "{err}");
     }
 
     #[test]
     fn scrape_timeout_may_not_exceed_the_interval() {
-        let err = Settings::load(&cli(&["--interval", "500ms", "--scrape-timeout", "2s"]), &FakeEnv::default())
-            .unwrap_err();
+        let err =
+            Settings::load(&cli(&["--interval", "500ms", "--scrape-timeout", "2s"]), &FakeEnv::default())
+                .unwrap_err();
         assert!(err.to_string().contains("`scrape_timeout`: allowed a duration 10ms..=500ms"), "{err}");
     }
 

@@ -22,7 +22,7 @@ pub fn parse_cpu_max(cpu_max: &str) -> Option<f64> {
     let mut it = cpu_max.split_whitespace();
     let quota = it.next()?.parse::<f64>().ok()?;
     let period = it.next().map_or(Some(100_000.0), |p| p.parse::<f64>().ok())?;
-    (period > 0.0 && quota > 0.0).then(|| quota / period)
+    (period > 0.0 && quota > 0.0).then_some(quota / period)
 }
 
 /// A byte count of `memory.current` / `memory.max`; `None` for `max`.
@@ -44,7 +44,10 @@ pub struct ContainerStats {
 
 impl std::fmt::Debug for ContainerStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContainerStats").field("root", &self.root).field("host", &self.host.is_some()).finish()
+        f.debug_struct("ContainerStats")
+            .field("root", &self.root)
+            .field("host", &self.host.is_some())
+            .finish()
     }
 }
 
@@ -74,7 +77,7 @@ impl ContainerStats {
         let cpu_usage_cores = match (usage, self.prev_cpu) {
             (Some(u), Some((t0, u0))) if u >= u0 => {
                 let dt = now.duration_since(t0).as_secs_f64();
-                (dt > 0.0).then(|| (u - u0) as f64 / 1e6 / dt)
+                (dt > 0.0).then_some((u - u0) as f64 / 1e6 / dt)
             }
             _ => None,
         };

@@ -5,13 +5,13 @@
 //! [`select`] (Flink families → typed samples), [`batch`] (batches and sequence numbers) and the
 //! bounded [`spool`] (behind an I/O trait).
 
-pub mod prom_text;
-pub mod select;
-pub mod spool;
+pub mod agent;
+pub mod batch;
 pub mod config;
 pub mod container;
-pub mod batch;
-pub mod telemetry;
-pub mod scrape;
+pub mod prom_text;
 pub mod publish;
-pub mod agent;
+pub mod scrape;
+pub mod select;
+pub mod spool;
+pub mod telemetry;

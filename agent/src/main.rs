@@ -5,6 +5,9 @@ use demeter_agent::config::{Cli, ConfigError, LogFormat, ProcessEnv, Settings};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Two TLS backends end up in the dependency graph (reqwest and async-nats choose
+    // differently), so rustls cannot pick one by itself: pick ring, async-nats' default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let settings = match Settings::load(&cli, &ProcessEnv) {
         Ok(s) => s,

@@ -69,8 +69,14 @@ pub enum Line<'a> {
     /// A `#` line that is neither HELP nor TYPE.
     Comment(&'a str),
     /// `# HELP name text`; `text` is raw (escapes `\\` and `\n` are not resolved).
-    Help { name: &'a str, text: &'a str },
-    Type { name: &'a str, kind: MetricKind },
+    Help {
+        name: &'a str,
+        text: &'a str,
+    },
+    Type {
+        name: &'a str,
+        kind: MetricKind,
+    },
     Sample(SampleLine<'a>),
 }
 

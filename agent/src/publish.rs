@@ -6,7 +6,7 @@
 //! buffered, replayed or stored; and it must not land in the `DEMETER_METRICS` stream, whose
 //! consumer expects metric batches only. A coordinator that missed heartbeats sees the next one.
 
-use crate::config::{NatsAuth, Settings};
+use crate::config::{NatsAuth, Secret, Settings};
 use crate::spool::Entry;
 use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectOptions, Event, HeaderMap};
@@ -53,7 +53,11 @@ pub trait Publisher: Send + Sync {
     /// Publishes one batch and waits for the ack; `Ok(true)` if the server had it already.
     fn publish(&self, entry: &Entry) -> impl Future<Output = Result<bool, PublishError>> + Send;
     /// Sends a heartbeat without waiting for anything.
-    fn heartbeat(&self, subject: String, payload: Bytes) -> impl Future<Output = Result<(), PublishError>> + Send;
+    fn heartbeat(
+        &self,
+        subject: String,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
 }
 
 /// What [`Publisher::ensure_stream`] did.
@@ -87,7 +91,9 @@ pub async fn connect_options(settings: &Settings) -> std::io::Result<ConnectOpti
         });
     o = match &settings.nats_auth {
         NatsAuth::None => o,
-        NatsAuth::UserPassword { user, password } => o.user_and_password(user.clone(), password.expose().to_string()),
+        NatsAuth::UserPassword { user, password } => {
+            o.user_and_password(user.clone(), password.expose().to_string())
+        }
         NatsAuth::Token(t) => o.token(t.expose().to_string()),
         NatsAuth::Credentials(path) => {
             let text = tokio::fs::read_to_string(path).await?;
@@ -121,8 +127,22 @@ impl JetStreamPublisher {
             let on_event = on_event.clone();
             async move { on_event(ev) }
         });
-        let urls: Vec<async_nats::ServerAddr> =
-            settings.nats_url.expose().split(',').map(|u| u.trim().parse()).collect::<Result<_, _>>()?;
+        let (urls, url_auth) = split_credentials(settings.nats_url.expose())?;
+        // Credentials in the URL are moved into the options, so that no library ever logs them
+        // with the server address. Explicit settings win.
+        let opts = match (url_auth, &settings.nats_auth) {
+            (Some(NatsAuth::UserPassword { user, password }), NatsAuth::None) => {
+                opts.user_and_password(user, password.expose().to_string())
+            }
+            (Some(NatsAuth::Token(t)), NatsAuth::None) => opts.token(t.expose().to_string()),
+            (Some(_), _) => {
+                tracing::warn!(
+                    "the NATS URL holds credentials as well as nats_user/nats_token/nats_creds; using the latter"
+                );
+                opts
+            }
+            (None, _) => opts,
+        };
         let client = opts.connect(urls).await?;
         let js = jetstream::ContextBuilder::new().timeout(settings.publish_timeout).build(client.clone());
         Ok(JetStreamPublisher {
@@ -157,6 +177,47 @@ impl JetStreamPublisher {
     }
 }
 
+/// Splits user info out of comma-separated NATS URLs: `nats://user:pass@h` gives a user and
+/// password, `nats://token@h` a token. Returns the bare server addresses.
+pub fn split_credentials(urls: &str) -> anyhow::Result<(Vec<async_nats::ServerAddr>, Option<NatsAuth>)> {
+    let mut auth = None;
+    let mut out = Vec::new();
+    for u in urls.split(',') {
+        let addr: async_nats::ServerAddr = u.trim().parse()?;
+        let mut url = addr.into_inner();
+        if !url.username().is_empty() {
+            let user = percent_decode(url.username());
+            auth = Some(match url.password() {
+                Some(p) => NatsAuth::UserPassword { user, password: Secret::new(percent_decode(p)) },
+                None => NatsAuth::Token(Secret::new(user)),
+            });
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        out.push(url.as_str().parse()?);
+    }
+    Ok((out, auth))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl Publisher for JetStreamPublisher {
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
@@ -183,7 +244,10 @@ impl Publisher for JetStreamPublisher {
                 if !changed {
                     return Ok(StreamOutcome::Unchanged);
                 }
-                self.js.update_stream(cfg).await.map_err(|e| PublishError::Other(format!("update stream: {e}")))?;
+                self.js
+                    .update_stream(cfg)
+                    .await
+                    .map_err(|e| PublishError::Other(format!("update stream: {e}")))?;
                 Ok(StreamOutcome::Updated)
             }
             Err(e) => match e.kind() {
@@ -206,7 +270,8 @@ impl Publisher for JetStreamPublisher {
         }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", entry.msg_id.as_str());
-        let publish = jetstream::context::Publish::build().payload(entry.payload.clone()).headers(headers);
+        let publish =
+            jetstream::message::PublishMessage::build().payload(entry.payload.clone()).headers(headers);
         let classify = |e: jetstream::context::PublishError| {
             use jetstream::context::PublishErrorKind as K;
             match e.kind() {
@@ -229,5 +294,38 @@ impl Publisher for JetStreamPublisher {
             return Err(PublishError::Disconnected);
         }
         self.client.publish(subject, payload).await.map_err(|e| PublishError::Other(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_move_out_of_the_urls() {
+        let (addrs, auth) = split_credentials("nats://agent:p%40ss@127.0.0.1:4222,nats://h2:4223").unwrap();
+        let shown: Vec<String> = addrs.iter().map(|a| format!("{a:?}")).collect();
+        assert!(shown.iter().all(|s| !s.contains("agent") && !s.contains("p@ss")), "{shown:?}");
+        assert_eq!(addrs.len(), 2);
+        assert_eq!(
+            auth,
+            Some(NatsAuth::UserPassword { user: "agent".into(), password: Secret::new("p@ss") })
+        );
+        let (_, auth) = split_credentials("tls://s3cr3t@nats.example:4222").unwrap();
+        assert_eq!(auth, Some(NatsAuth::Token(Secret::new("s3cr3t"))));
+        let (_, auth) = split_credentials("nats://127.0.0.1:4222").unwrap();
+        assert_eq!(auth, None);
+    }
+
+    #[test]
+    fn the_stream_config_is_the_documented_one() {
+        let c = JetStreamPublisher::stream_config(Duration::from_secs(3600));
+        assert_eq!(c.name, "DEMETER_METRICS");
+        assert_eq!(c.subjects, vec!["demeter.metrics.>".to_string()]);
+        assert_eq!(c.duplicate_window, Duration::from_secs(120));
+        assert_eq!(
+            JetStreamPublisher::stream_config(Duration::from_secs(60)).duplicate_window,
+            Duration::from_secs(60)
+        );
     }
 }

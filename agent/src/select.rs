@@ -25,7 +25,7 @@
 //! every Flink TaskManager scope. Operator-scoped families are open-ended (user and connector
 //! metrics such as the test job's `eventsIn`), so an unmapped one is not counted as unknown.
 
-use crate::prom_text::{self, Line, MetricKind, ParseError, SampleLine};
+use crate::prom_text::{self, Line, MetricKind, ParseError, ParseErrorKind, SampleLine};
 use demeter_common::UnixMillis;
 use demeter_common::wire::{
     CheckpointSample, FlinkMemorySample, JvmSample, LatencySample, OperatorSample, Sample, SubtaskId,
@@ -120,6 +120,8 @@ pub struct SelectStats {
     /// Malformed lines, at most [`MAX_REPORTED_ERRORS`] of them kept (all are counted).
     pub parse_errors: Vec<ParseError>,
     pub parse_error_count: usize,
+    /// Every malformed line counted by kind.
+    pub parse_errors_by_kind: Vec<(ParseErrorKind, usize)>,
     /// Sample lines of a mapped family that lack a label the mapping needs
     /// (`job_id`, `task_id`, `subtask_index`, `operator_name`).
     pub missing_labels: usize,
@@ -230,6 +232,10 @@ impl Selector {
             match line {
                 Err(e) => {
                     acc.stats.parse_error_count += 1;
+                    match acc.stats.parse_errors_by_kind.iter_mut().find(|(k, _)| *k == e.kind) {
+                        Some((_, n)) => *n += 1,
+                        None => acc.stats.parse_errors_by_kind.push((e.kind, 1)),
+                    }
                     if acc.stats.parse_errors.len() < MAX_REPORTED_ERRORS {
                         acc.stats.parse_errors.push(e);
                     }
@@ -387,9 +393,9 @@ impl<'a> Acc<'a> {
         }
     }
 
-    fn note_job(&mut self, job: &Cow<'a, str>) {
-        if self.job_ids.last() != Some(job) {
-            self.job_ids.push(job.clone());
+    fn note_job(&mut self, job: Cow<'a, str>) {
+        if self.job_ids.last() != Some(&job) {
+            self.job_ids.push(job);
         }
     }
 
@@ -422,13 +428,13 @@ impl<'a> Acc<'a> {
             self.stats.missing_labels += 1;
             return true;
         };
-        self.note_job(&key.0);
+        self.note_job(key.0.clone());
         let v = valid(s.value, &mut self.stats);
         if let F::StartDelay | F::Alignment = f {
-            let c = self.checkpoints.entry(key.0.clone()).or_insert_with(|| CheckpointSample {
-                job_id: key.0.to_string(),
-                ..Default::default()
-            });
+            let c = self
+                .checkpoints
+                .entry(key.0.clone())
+                .or_insert_with(|| CheckpointSample { job_id: key.0.to_string(), ..Default::default() });
             if let Some(ns) = v {
                 let ms = ns / 1e6;
                 match f {
@@ -483,10 +489,11 @@ impl<'a> Acc<'a> {
             self.stats.missing_labels += 1;
             return;
         };
-        self.note_job(&job);
+        self.note_job(job.clone());
         let v = valid(s.value, &mut self.stats);
         let name = labels.task_name.unwrap_or(Cow::Borrowed(""));
-        let (_, o) = self.operators.entry((job, vertex, idx, op)).or_insert_with(|| (name, Default::default()));
+        let (_, o) =
+            self.operators.entry((job, vertex, idx, op)).or_insert_with(|| (name, Default::default()));
         match f {
             F::InRate => o.records_in_per_s = v,
             F::OutRate => o.records_out_per_s = v,
@@ -510,18 +517,20 @@ impl<'a> Acc<'a> {
             self.stats.missing_labels += 1;
             return;
         };
-        self.note_job(&job);
+        self.note_job(job.clone());
         let suffix = &s.name[family.len().min(s.name.len())..];
         let v = valid(s.value, &mut self.stats);
         let name = labels.task_name.unwrap_or(Cow::Borrowed(""));
-        let (_, l) =
-            self.latencies.entry((job, vertex, idx, op, metric)).or_insert_with(|| (name, Default::default()));
+        let (_, l) = self
+            .latencies
+            .entry((job, vertex, idx, op, metric))
+            .or_insert_with(|| (name, Default::default()));
         match (suffix, labels.quantile) {
             ("_count", _) => l.count = v,
-            ("", Some(q)) if q == 0.5 => l.p50_ms = v,
-            ("", Some(q)) if q == 0.95 => l.p95_ms = v,
-            ("", Some(q)) if q == 0.99 => l.p99_ms = v,
-            ("", Some(q)) if q == 1.0 => l.max_ms = v,
+            ("", Some(0.5)) => l.p50_ms = v,
+            ("", Some(0.95)) => l.p95_ms = v,
+            ("", Some(0.99)) => l.p99_ms = v,
+            ("", Some(1.0)) => l.max_ms = v,
             _ => {}
         }
     }
@@ -548,33 +557,60 @@ mod tests {
         assert!(IGNORED_TASK.windows(2).all(|w| w[0] < w[1]));
     }
 
+    /// Values of `name` in the fixture, read with plain string operations (independent of the
+    /// parser), from the lines that contain every string of `with`.
+    fn fixture_values(name: &str, with: &[&str]) -> Vec<f64> {
+        FIXTURE
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && with.iter().all(|w| l.contains(w)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .collect()
+    }
+
+    fn fixture_value(name: &str) -> f64 {
+        let v = fixture_values(name, &[]);
+        assert_eq!(v.len(), 1, "{name}");
+        v[0]
+    }
+
     #[test]
     fn real_exposition_maps_every_kind_a_taskmanager_exposes() {
         let sel = Selector::new().select(FIXTURE, T0);
         assert_eq!(sel.stats.parse_error_count, 0);
         assert_eq!(sel.stats.unknown_families, Vec::<String>::new());
         assert_eq!(sel.stats.missing_labels, 0);
-        assert_eq!(sel.job_id.as_deref(), Some("8940893a48da3af7714b4befb3a9d360"));
+        let job = FIXTURE.split("job_id=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert_eq!(sel.job_id.as_deref(), Some(job));
 
-        let Sample::Jvm(jvm) = &sel.samples[0] else { panic!("first sample is not JVM: {:?}", sel.samples[0]) };
-        assert_eq!(jvm.cpu_load, Some(0.29372937293729373));
-        assert_eq!(jvm.heap_used_bytes, Some(9.7137152e7));
-        assert_eq!(jvm.heap_max_bytes, Some(1.61480704e8));
-        assert_eq!(jvm.non_heap_used_bytes, Some(7.6830296e7));
-        assert_eq!(jvm.gc_time_ms_per_s, Some(1.25), "All_TimeMsPerSecond");
-        assert_eq!(jvm.threads, Some(82.0));
+        let st = |m: &str| fixture_value(&format!("flink_taskmanager_Status_{m}"));
+        let Sample::Jvm(jvm) = &sel.samples[0] else {
+            panic!("first sample is not JVM: {:?}", sel.samples[0])
+        };
+        assert_eq!(jvm.cpu_load, Some(st("JVM_CPU_Load")));
+        assert!(jvm.cpu_load.unwrap() > 0.0);
+        assert_eq!(jvm.heap_used_bytes, Some(st("JVM_Memory_Heap_Used")));
+        assert_eq!(jvm.heap_max_bytes, Some(st("JVM_Memory_Heap_Max")));
+        assert_eq!(jvm.non_heap_used_bytes, Some(st("JVM_Memory_NonHeap_Used")));
+        assert_eq!(
+            jvm.gc_time_ms_per_s,
+            Some(st("JVM_GarbageCollector_All_TimeMsPerSecond")),
+            "All_TimeMsPerSecond"
+        );
+        assert_eq!(jvm.threads, Some(st("JVM_Threads_Count")));
 
         let Sample::FlinkMemory(mem) = &sel.samples[1] else { panic!("second sample is not memory") };
-        assert_eq!(mem.managed_used_bytes, Some(0.0));
-        assert_eq!(mem.managed_total_bytes, Some(2.41591914e8));
-        assert_eq!(mem.network_used_segments, Some(17.0));
-        assert_eq!(mem.network_total_segments, Some(2048.0));
+        assert_eq!(mem.managed_used_bytes, Some(st("Flink_Memory_Managed_Used")));
+        assert_eq!(mem.managed_total_bytes, Some(st("Flink_Memory_Managed_Total")));
+        assert_eq!(mem.network_used_segments, Some(st("Shuffle_Netty_UsedMemorySegments")));
+        assert_eq!(mem.network_total_segments, Some(st("Shuffle_Netty_TotalMemorySegments")));
 
         // Three vertices with parallelism 2 on this TaskManager.
         let t = tasks(&sel);
         assert_eq!(t.len(), 6);
         let names: Vec<_> = t.iter().map(|t| (t.id.vertex_name.as_str(), t.id.subtask_index)).collect();
-        for want in [("work", 0), ("work", 1), ("Source:_rate_source", 0), ("window_count____discard:_Writer", 1)] {
+        for want in
+            [("work", 0), ("work", 1), ("Source:_rate_source", 0), ("window_count____discard:_Writer", 1)]
+        {
             assert!(names.contains(&want), "{want:?} missing from {names:?}");
         }
         for task in &t {
@@ -587,8 +623,11 @@ mod tests {
         let work: Vec<_> = t.iter().filter(|t| t.id.vertex_name == "work").collect();
         assert!(work.iter().all(|w| w.records_in_per_s.unwrap() > 0.0), "{work:?}");
 
-        let ops: Vec<&OperatorSample> =
-            sel.samples.iter().filter_map(|s| if let Sample::Operator(o) = s { Some(o) } else { None }).collect();
+        let ops: Vec<&OperatorSample> = sel
+            .samples
+            .iter()
+            .filter_map(|s| if let Sample::Operator(o) = s { Some(o) } else { None })
+            .collect();
         let op_names: Vec<_> = ops.iter().map(|o| o.operator_name.as_str()).collect();
         assert!(op_names.contains(&"work"), "{op_names:?}");
         assert!(op_names.contains(&"Source:_rate_source"), "{op_names:?}");
@@ -596,20 +635,42 @@ mod tests {
         assert_eq!(src.current_emit_event_time_lag_ms, Some(0.0));
         assert!(src.records_out_per_s.unwrap() > 0.0);
 
-        let cps: Vec<&CheckpointSample> =
-            sel.samples.iter().filter_map(|s| if let Sample::Checkpoint(c) = s { Some(c) } else { None }).collect();
+        let cps: Vec<&CheckpointSample> = sel
+            .samples
+            .iter()
+            .filter_map(|s| if let Sample::Checkpoint(c) = s { Some(c) } else { None })
+            .collect();
         assert_eq!(cps.len(), 1);
-        assert_eq!(cps[0].start_delay_ms, Some(41.0), "max of checkpointStartDelayNanos (4.1E7 ns)");
-        assert_eq!(cps[0].alignment_ms, Some(15.021362));
+        let max = |name: &str| {
+            fixture_values(&format!("flink_taskmanager_job_task_{name}"), &[]).into_iter().fold(0.0, f64::max)
+                / 1e6
+        };
+        assert_eq!(cps[0].start_delay_ms, Some(max("checkpointStartDelayNanos")));
+        assert_eq!(cps[0].alignment_ms, Some(max("checkpointAlignmentTime")));
+        assert!(cps[0].start_delay_ms.unwrap() > 0.0);
 
-        let lat: Vec<&LatencySample> =
-            sel.samples.iter().filter_map(|s| if let Sample::Latency(l) = s { Some(l) } else { None }).collect();
+        let lat: Vec<&LatencySample> = sel
+            .samples
+            .iter()
+            .filter_map(|s| if let Sample::Latency(l) = s { Some(l) } else { None })
+            .collect();
         assert_eq!(lat.len(), 2);
         let l0 = lat.iter().find(|l| l.id.subtask_index == 0).unwrap();
         assert_eq!(l0.metric, "latencyHistogram");
         assert_eq!(l0.operator_name, "work");
-        assert_eq!((l0.p50_ms, l0.p95_ms, l0.p99_ms), (Some(61.0), Some(97.0), Some(100.0)));
-        assert_eq!(l0.count, Some(35463.0));
+        let q = |q: &str| {
+            let v = fixture_values(
+                "flink_taskmanager_job_task_operator_latencyHistogram",
+                &["subtask_index=\"0\"", &format!("quantile=\"{q}\"")],
+            );
+            Some(v[0])
+        };
+        assert_eq!((l0.p50_ms, l0.p95_ms, l0.p99_ms), (q("0.5"), q("0.95"), q("0.99")));
+        let count = fixture_values(
+            "flink_taskmanager_job_task_operator_latencyHistogram_count",
+            &["subtask_index=\"0\""],
+        );
+        assert_eq!(l0.count, Some(count[0]));
         assert_eq!(l0.max_ms, None, "Flink exports no max");
 
         // Whatever was mapped passes the receiver's validation.
@@ -694,6 +755,10 @@ mod tests {
         assert_eq!(sel.stats.parse_error_count, 2);
         assert_eq!(sel.stats.parse_errors[0].line, 783);
         assert_eq!(
+            sel.stats.parse_errors_by_kind,
+            vec![(ParseErrorKind::InvalidLabelSeparator, 1), (ParseErrorKind::InvalidValue, 1)]
+        );
+        assert_eq!(
             sel.stats.unknown_families,
             vec!["flink_taskmanager_Status_JVM_Foo".to_string(), "some_other_exporter_metric".to_string()]
         );
@@ -718,7 +783,10 @@ mod tests {
         let Sample::Latency(lat) = &sel.samples[0] else { panic!("{:?}", sel.samples) };
         assert_eq!(lat.metric, "myGroup_EndToEndLATENCY");
         assert_eq!(lat.id.subtask_index, 2);
-        assert_eq!((lat.p50_ms, lat.p95_ms, lat.p99_ms, lat.max_ms, lat.count), (Some(3.0), Some(7.0), None, Some(9.0), Some(10.0)));
+        assert_eq!(
+            (lat.p50_ms, lat.p95_ms, lat.p99_ms, lat.max_ms, lat.count),
+            (Some(3.0), Some(7.0), None, Some(9.0), Some(10.0))
+        );
     }
 
     #[test]

@@ -278,8 +278,7 @@ impl<I: SpoolIo> OutageSpool<I> {
     /// The oldest entry and its spool index, reading it from disk if needed. A disk entry that
     /// cannot be read back is dropped (and counted), and the next one is tried.
     pub fn front(&mut self) -> Option<(u64, Entry)> {
-        loop {
-            let Some(disk) = self.disk.as_mut() else { break };
+        while let Some(disk) = self.disk.as_mut() {
             let Some(&(idx, size)) = disk.entries.front() else { break };
             if let Some((ci, ce)) = &self.cached_front
                 && *ci == idx

@@ -71,7 +71,11 @@ impl Telemetry {
             nats_connected: Gauge::default(),
             registry: Registry::default(),
         };
-        r.register("scrapes", "Scrapes of the TaskManager's metrics endpoint that succeeded", t.scrapes.clone());
+        r.register(
+            "scrapes",
+            "Scrapes of the TaskManager's metrics endpoint that succeeded",
+            t.scrapes.clone(),
+        );
         r.register(
             "scrape_errors",
             "Failed scrapes by error_type (connect, timeout, http_status, body)",
@@ -83,23 +87,45 @@ impl Telemetry {
             Unit::Seconds,
             t.scrape_duration.clone(),
         );
-        r.register("parse_errors", "Malformed exposition lines and unmappable samples by error_type", t.parse_errors.clone());
+        r.register(
+            "parse_errors",
+            "Malformed exposition lines and unmappable samples by error_type",
+            t.parse_errors.clone(),
+        );
         r.register(
             "unknown_families",
             "Metric families that the mapping neither uses nor deliberately ignores (counted once per scrape)",
             t.unknown_families.clone(),
         );
-        r.register("invalid_values", "Mapped values dropped for being NaN, infinite or negative", t.invalid_values.clone());
+        r.register(
+            "invalid_values",
+            "Mapped values dropped for being NaN, infinite or negative",
+            t.invalid_values.clone(),
+        );
         r.register("batches", "Metric batches built", t.batches.clone());
-        r.register_with_unit("batch", "Encoded size of the batches built", Unit::Bytes, t.batch_bytes.clone());
-        r.register_with_unit("exposition", "Size of the expositions scraped", Unit::Bytes, t.exposition_bytes.clone());
+        r.register_with_unit(
+            "batch",
+            "Encoded size of the batches built",
+            Unit::Bytes,
+            t.batch_bytes.clone(),
+        );
+        r.register_with_unit(
+            "exposition",
+            "Size of the expositions scraped",
+            Unit::Bytes,
+            t.exposition_bytes.clone(),
+        );
         r.register("published_batches", "Batches acknowledged by JetStream", t.published.clone());
         r.register(
             "publish_errors",
             "Failed publishes by error_type (disconnected, timeout, no_stream, rejected, other)",
             t.publish_errors.clone(),
         );
-        r.register("buffer_depth", "Batches waiting to be published (memory and disk)", t.buffer_depth.clone());
+        r.register(
+            "buffer_depth",
+            "Batches waiting to be published (memory and disk)",
+            t.buffer_depth.clone(),
+        );
         r.register("dropped_batches", "Batches dropped because the buffer was full", t.dropped.clone());
         r.register("spool_errors", "Failed reads and writes of the spool directory", t.spool_errors.clone());
         r.register("heartbeats", "Heartbeats sent", t.heartbeats.clone());
@@ -158,7 +184,7 @@ pub struct ScrapeFailed<'a> {
 impl ScrapeFailed<'_> {
     pub fn emit(&self, t: &Telemetry) {
         // The first failure and then every tenth: a restarting TaskManager should not flood the log.
-        if self.consecutive == 1 || self.consecutive % 10 == 0 {
+        if self.consecutive == 1 || self.consecutive.is_multiple_of(10) {
             tracing::warn!(
                 error_type = self.error_type,
                 error = self.error,
@@ -184,20 +210,13 @@ impl ExpositionIssues<'_> {
         for e in &s.parse_errors {
             tracing::debug!(line = e.line, error_type = e.kind.as_str(), "malformed exposition line");
         }
-        if s.parse_error_count > 0 {
-            // Kinds beyond the reported ones are counted under the first kind's label.
-            let mut remaining = s.parse_error_count;
-            for e in &s.parse_errors {
-                t.parse_errors.get_or_create(&ErrorLabels { error_type: e.kind.as_str() }).inc();
-                remaining -= 1;
-            }
-            if remaining > 0 {
-                let kind = s.parse_errors.first().map_or("other", |e| e.kind.as_str());
-                t.parse_errors.get_or_create(&ErrorLabels { error_type: kind }).inc_by(remaining as u64);
-            }
+        for (kind, n) in &s.parse_errors_by_kind {
+            t.parse_errors.get_or_create(&ErrorLabels { error_type: kind.as_str() }).inc_by(*n as u64);
         }
         if s.missing_labels > 0 {
-            t.parse_errors.get_or_create(&ErrorLabels { error_type: "missing_label" }).inc_by(s.missing_labels as u64);
+            t.parse_errors
+                .get_or_create(&ErrorLabels { error_type: "missing_label" })
+                .inc_by(s.missing_labels as u64);
         }
         if !s.unknown_families.is_empty() {
             tracing::debug!(families = ?s.unknown_families, "unknown metric families");
@@ -232,7 +251,7 @@ pub struct PublishFailed<'a> {
 
 impl PublishFailed<'_> {
     pub fn emit(&self, t: &Telemetry) {
-        if self.consecutive == 1 || self.consecutive % 10 == 0 {
+        if self.consecutive == 1 || self.consecutive.is_multiple_of(10) {
             tracing::warn!(
                 error_type = self.error_type,
                 error = self.error,

@@ -45,7 +45,8 @@ fn help_explains_every_option_with_its_environment_variable() {
         let env = format!("DEMETER_AGENT_{}", flag.trim_start_matches("--").replace('-', "_").to_uppercase());
         assert!(help.contains(&env), "{env} missing from --help");
     }
-    assert!(help.contains("Precedence: flags, then environment, then file, then defaults"));
+    let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("Precedence: flags, then environment, then file, then defaults"), "{flat}");
 }
 
 #[test]

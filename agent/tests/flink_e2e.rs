@@ -45,7 +45,7 @@ impl Seen {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn busy_time_record_rates_and_jvm_cpu_load_arrive_from_a_real_taskmanager() {
+async fn flink_taskmanager_busy_time_record_rates_and_jvm_cpu_load_arrive_on_nats() {
     let nats = NatsServer::new();
     let build = tempfile::tempdir().unwrap();
     let jar = build_test_job(build.path());

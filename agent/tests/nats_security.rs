@@ -11,7 +11,18 @@ use std::time::Duration;
 use support::{Agent, ExpositionServer, FIXTURE};
 
 fn args<'a>(url: &'a str, nats: &'a str) -> Vec<&'a str> {
-    vec!["--metrics-url", url, "--nats-url", nats, "--interval", "200ms", "--deployment", "sec", "--taskmanager", "tm"]
+    vec![
+        "--metrics-url",
+        url,
+        "--nats-url",
+        nats,
+        "--interval",
+        "200ms",
+        "--deployment",
+        "sec",
+        "--taskmanager",
+        "tm",
+    ]
 }
 
 fn publishes(agent: &Agent) -> bool {
@@ -50,7 +61,8 @@ fn token_and_credentials_in_the_url_stay_out_of_the_log() {
     let tm = ExpositionServer::start(FIXTURE);
     let url = tm.url();
     let nats_url = nats.url();
-    let mut agent = Agent::spawn_with_env(&args(&url, &nats_url), &[("DEMETER_AGENT_NATS_TOKEN", "tok-Granite-42")]);
+    let mut agent =
+        Agent::spawn_with_env(&args(&url, &nats_url), &[("DEMETER_AGENT_NATS_TOKEN", "tok-Granite-42")]);
     assert!(publishes(&agent), "{}", agent.log_text());
     assert!(agent.terminate(Duration::from_secs(15)));
     assert!(!agent.log_text().contains("tok-Granite-42"));
@@ -90,18 +102,65 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
 fn make_pki(dir: &Path) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=demeter-test-ca",
-        "-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=demeter-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
     std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");
         let pem = format!("{name}.pem");
-        openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={name}"), "-keyout", &key,
-            "-out", &csr]);
-        openssl(dir, &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days",
-            "2", "-extfile", ext, "-out", &pem]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+                "-out",
+                &pem,
+            ],
+        );
     }
 }
 
@@ -134,7 +193,11 @@ fn tls_with_a_custom_ca_and_mutual_tls() {
 
     // Mutual TLS: the server verifies the agent's client certificate.
     let nats = NatsServer::builder()
-        .tls(ServerTls { cert: d.join("server.pem"), key: d.join("server.key"), client_ca: Some(d.join("ca.pem")) })
+        .tls(ServerTls {
+            cert: d.join("server.pem"),
+            key: d.join("server.key"),
+            client_ca: Some(d.join("ca.pem")),
+        })
         .start();
     let nats_url = nats.url();
     let (cert, key) = (p("client.pem"), p("client.key"));

@@ -23,7 +23,8 @@
 
 use async_nats::jetstream;
 use demeter_common::wire::{
-    ContainerSample, FlinkMemorySample, JvmSample, LatencySample, OperatorSample, Source, SubtaskId, TaskSample,
+    ContainerSample, FlinkMemorySample, JvmSample, LatencySample, OperatorSample, Source, SubtaskId,
+    TaskSample,
 };
 use demeter_common::{MetricBatch, SCHEMA_VERSION, Sample, UnixMillis};
 use demeter_coordinator::backend::{JobKey, NoBackend};
@@ -123,7 +124,10 @@ fn tm_batch(job: &str, tm: usize, seq: u64, at: UnixMillis, n: usize, rate: f64)
         threads: Some(80.0),
         ..Default::default()
     }));
-    samples.push(Sample::FlinkMemory(FlinkMemorySample { managed_used_bytes: Some(2.0e8), ..Default::default() }));
+    samples.push(Sample::FlinkMemory(FlinkMemorySample {
+        managed_used_bytes: Some(2.0e8),
+        ..Default::default()
+    }));
     samples.push(Sample::Container(ContainerSample {
         cpu_usage_cores: Some(0.9),
         memory_working_set_bytes: Some(1.6e9),
@@ -152,7 +156,8 @@ fn runtime_parts(cfg: &CoordinatorConfig) -> (Arc<Jobs>, Arc<Metrics>, Arc<Healt
     let metrics = Arc::new(Metrics::new());
     let store = Store::open_in(&cfg.data_dir);
     let health = Arc::new(Health::new(cfg.mode, "none", false, store.clone(), metrics.clone()));
-    let shared = Shared { store, backend: Arc::new(NoBackend), metrics: metrics.clone(), health: health.clone() };
+    let shared =
+        Shared { store, backend: Arc::new(NoBackend), metrics: metrics.clone(), health: health.clone() };
     (Jobs::new(Arc::new(cfg.clone()), shared), metrics, health)
 }
 
@@ -175,9 +180,8 @@ fn bench_ingest() {
     let nats = demeter_testkit::NatsServer::new();
     let dir = tempfile::tempdir().unwrap();
 
-    let mut cfg = CoordinatorConfig::default();
-    cfg.nats_url = nats.url();
-    cfg.data_dir = dir.path().join("data");
+    let mut cfg =
+        CoordinatorConfig { nats_url: nats.url(), data_dir: dir.path().join("data"), ..Default::default() };
     cfg.ingest.replay_window = Duration::from_secs(3600);
     cfg.ingest.fetch_batch = 1000;
     cfg.store.snapshot_interval = Duration::from_secs(1);
@@ -235,7 +239,13 @@ fn bench_ingest() {
         let settings = NatsSettings::from_config(&cfg);
         let client = settings.connect_supervised(health.clone()).await.unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ingest = Ingest { cfg: Arc::new(cfg.clone()), client: client.clone(), jobs: jobs.clone(), health, metrics: metrics.clone() };
+        let ingest = Ingest {
+            cfg: Arc::new(cfg.clone()),
+            client: client.clone(),
+            jobs: jobs.clone(),
+            health,
+            metrics: metrics.clone(),
+        };
         // Start the drivers (they restore nothing) before the clock starts.
         for k in &keys {
             assert!(matches!(jobs.route(k).await, Route::To(_)));
@@ -298,8 +308,7 @@ fn bench_memory() {
     let warm = env_or("BENCH_WARM_S", 3600);
     let per_batch = env_or("BENCH_SAMPLES", 100) as usize;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = CoordinatorConfig::default();
-    cfg.data_dir = dir.path().join("data");
+    let mut cfg = CoordinatorConfig { data_dir: dir.path().join("data"), ..Default::default() };
     cfg.ingest.replay_window = Duration::from_secs(warm + 600);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let keys: Vec<JobKey> = (0..n_jobs).map(|j| JobKey::new("bench", format!("job-{j}"))).collect();
@@ -322,7 +331,14 @@ fn bench_memory() {
             let rate = 3000.0 + 1500.0 * phase.sin();
             for (j, tx) in senders.iter().enumerate() {
                 for tm in 0..n_tms {
-                    let b = tm_batch(&format!("job-{j}"), tm, s, UnixMillis(t0 + s as i64 * 1000), per_batch, rate);
+                    let b = tm_batch(
+                        &format!("job-{j}"),
+                        tm,
+                        s,
+                        UnixMillis(t0 + s as i64 * 1000),
+                        per_batch,
+                        rate,
+                    );
                     tx.send(DriverMsg::Batch { batch: Box::new(b), ack: None }).await.unwrap();
                 }
             }
@@ -330,7 +346,8 @@ fn bench_memory() {
         sync_all(&jobs, &keys).await;
         let elapsed = start.elapsed();
         let rss1 = rss_bytes();
-        let state = jobs.shared().store.load_snapshot(&keys[0]).await.ok().flatten().map_or(0, |r| r.state.len());
+        let state =
+            jobs.shared().store.load_snapshot(&keys[0]).await.ok().flatten().map_or(0, |r| r.state.len());
         jobs.shutdown(Duration::from_secs(60)).await;
         (rss0, rss1, state, elapsed)
     });
@@ -342,7 +359,10 @@ fn bench_memory() {
     );
     println!("RSS before: {:.1} MiB, after: {:.1} MiB", rss0 as f64 / 1048576.0, rss1 as f64 / 1048576.0);
     println!("memory per job: {:.0} KiB", per_job / 1024.0);
-    println!("persisted controller state per job: {:.0} KiB (JSON, checkpoint of the last snapshot)", state_bytes as f64 / 1024.0);
+    println!(
+        "persisted controller state per job: {:.0} KiB (JSON, checkpoint of the last snapshot)",
+        state_bytes as f64 / 1024.0
+    );
 }
 
 fn main() {
@@ -354,7 +374,9 @@ fn main() {
         && !demeter_testkit::cache_dir().join("venv/bin/nats-server").is_file()
         && std::process::Command::new("nats-server").arg("--version").output().is_err()
     {
-        eprintln!("skipping the ingest benchmark: nats-server not found (scripts/install-deps.sh nats; . scripts/env.sh)");
+        eprintln!(
+            "skipping the ingest benchmark: nats-server not found (scripts/install-deps.sh nats; . scripts/env.sh)"
+        );
     } else {
         bench_ingest();
     }

@@ -5,7 +5,11 @@ use demeter_coordinator::cmd;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "demeter-coordinator", version, about = "Demeter: proactive, resource-efficient autoscaling of Flink jobs")]
+#[command(
+    name = "demeter-coordinator",
+    version,
+    about = "Demeter: proactive, resource-efficient autoscaling of Flink jobs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,7 +21,14 @@ enum Command {
     Run(Box<cmd::run::RunArgs>),
     /// Print the agents' metric batches from NATS as JSON lines.
     Tail(Box<cmd::tail::TailArgs>),
-    // other subcommands: simulate, calibrate, forecast-eval, bench-decision
+    /// Evaluate the workload forecasters on a trace (under-forecast rate, over-provision, WAPE).
+    ForecastEval(cmd::forecast_eval::ForecastEvalArgs),
+    /// Compare sizing strategies on a simulated Flink job replaying a workload trace.
+    Simulate(Box<cmd::simulate::SimulateArgs>),
+    /// Fit the simulator to profiling measurements and evaluate it on unseen ones.
+    Calibrate(Box<cmd::calibrate::CalibrateArgs>),
+    /// Time full decisions (forecast, model fit on N observations, scoring every candidate).
+    BenchDecision(cmd::bench::BenchDecisionArgs),
 }
 
 fn main() -> ExitCode {
@@ -25,6 +36,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(a) => cmd::run::main(*a),
         Command::Tail(a) => cmd::tail::main(*a),
-        // other subcommands
+        Command::ForecastEval(a) => cmd::forecast_eval::main(a),
+        Command::Simulate(a) => cmd::simulate::main(*a),
+        Command::Calibrate(a) => cmd::calibrate::main(*a),
+        Command::BenchDecision(a) => cmd::bench::main(a),
     }
 }

@@ -1,10 +1,5 @@
 //! The Kubernetes backend with the real `kube::Client` against an in-process fake API server
-//! (`support/fake_apiserver.rs`) and a simulated Flink operator (`support/operator_sim.rs`).
-
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
-#[path = "support/operator_sim.rs"]
-mod operator_sim;
+//! and a simulated Flink operator (`demeter_testkit::kube_api`).
 
 use axum::http::Method;
 use demeter_common::{Constraints, JobConfig, Quota, SearchSpace, UnixMillis};
@@ -21,9 +16,12 @@ use demeter_core::controller::{Mode, ProfilingRun, ReconfigKind, Reconfiguration
 use demeter_core::decide::{CurrentHealth, DecideConfig, decide};
 use demeter_core::obs::{JobObservation, RecoveryTime};
 use demeter_core::perf::{PerfModel, PerfModelConfig};
-use fake_apiserver::{FakeApiServer, Fault, FaultAction, Recorded, flinkdeployments, leases, networkchaos, pods};
+use demeter_testkit::kube_api::operator::{OperatorSim, Verdict};
+use demeter_testkit::kube_api::{
+    self as fake_apiserver, FakeApiServer, Fault, FaultAction, Recorded, flinkdeployments, leases,
+    networkchaos, pods,
+};
 use futures::future::BoxFuture;
-use operator_sim::{OperatorSim, Verdict};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -45,7 +43,8 @@ fn stable_status(generation: i64) -> Value {
 }
 
 fn deployment(ns: &str, name: &str, managed: bool, annotations: Value) -> Value {
-    let labels = if managed { json!({(crd::LABEL_MANAGED): "true", "team": "ads"}) } else { json!({"team": "ads"}) };
+    let labels =
+        if managed { json!({(crd::LABEL_MANAGED): "true", "team": "ads"}) } else { json!({"team": "ads"}) };
     json!({
         "apiVersion": "flink.apache.org/v1beta1",
         "kind": "FlinkDeployment",
@@ -69,8 +68,13 @@ fn deployment(ns: &str, name: &str, managed: bool, annotations: Value) -> Value 
     })
 }
 
-const FROM: JobConfig =
-    JobConfig { parallelism: 8, task_slots: 2, tm_cpu_milli: 1000, tm_memory_mb: 2048, checkpoint_interval_ms: 10_000 };
+const FROM: JobConfig = JobConfig {
+    parallelism: 8,
+    task_slots: 2,
+    tm_cpu_milli: 1000,
+    tm_memory_mb: 2048,
+    checkpoint_interval_ms: 10_000,
+};
 
 fn reconfiguration(id: u64, to: JobConfig, kind: ReconfigKind) -> Reconfiguration {
     let model = PerfModel::fit(&[], &PerfModelConfig::default());
@@ -89,9 +93,11 @@ fn reconfiguration(id: u64, to: JobConfig, kind: ReconfigKind) -> Reconfiguratio
 }
 
 fn config(namespaces: &[&str]) -> CoordinatorConfig {
-    let mut c = CoordinatorConfig::default();
-    c.mode = Mode::Apply;
-    c.namespaces = namespaces.iter().map(|s| s.to_string()).collect();
+    let mut c = CoordinatorConfig {
+        mode: Mode::Apply,
+        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        ..CoordinatorConfig::default()
+    };
     c.controller.quota = Quota { max_total_cpu: 64.0, max_total_memory_mb: 1 << 20 };
     c
 }
@@ -122,12 +128,24 @@ fn key(name: &str) -> JobKey {
 /// The FlinkDeployment CRD's schema (vendored, operator 1.15.0), as a validator.
 fn crd_validator() -> &'static jsonschema::Validator {
     static V: OnceLock<jsonschema::Validator> = OnceLock::new();
-    V.get_or_init(|| schema_of(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/k8s/crds/flinkdeployments.flink.apache.org-v1.yml").as_path()))
+    V.get_or_init(|| {
+        schema_of(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/k8s/crds/flinkdeployments.flink.apache.org-v1.yml")
+                .as_path(),
+        )
+    })
 }
 
 fn chaos_validator() -> &'static jsonschema::Validator {
     static V: OnceLock<jsonschema::Validator> = OnceLock::new();
-    V.get_or_init(|| schema_of(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/k8s/crds/chaos-mesh.org_networkchaos.yaml").as_path()))
+    V.get_or_init(|| {
+        schema_of(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/k8s/crds/chaos-mesh.org_networkchaos.yaml")
+                .as_path(),
+        )
+    })
 }
 
 fn schema_of(path: &Path) -> jsonschema::Validator {
@@ -138,14 +156,17 @@ fn schema_of(path: &Path) -> jsonschema::Validator {
 }
 
 fn assert_valid(v: &jsonschema::Validator, instance: &Value, what: &str) {
-    let errors: Vec<String> = v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    let errors: Vec<String> =
+        v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "{what} does not validate against the CRD schema: {errors:#?}\n{instance:#}");
 }
 
 /// A patch as a partial object: `null`s (deletions) dropped, so that what it sets is checked.
 fn without_nulls(v: &Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(m.iter().filter(|(_, x)| !x.is_null()).map(|(k, x)| (k.clone(), without_nulls(x))).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter().filter(|(_, x)| !x.is_null()).map(|(k, x)| (k.clone(), without_nulls(x))).collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -156,7 +177,10 @@ fn fd_patches(server: &FakeApiServer, name: &str) -> Vec<Recorded> {
 }
 
 fn spec_patches(server: &FakeApiServer, name: &str) -> Vec<Recorded> {
-    fd_patches(server, name).into_iter().filter(|r| r.body.as_ref().is_some_and(|b| b.get("spec").is_some())).collect()
+    fd_patches(server, name)
+        .into_iter()
+        .filter(|r| r.body.as_ref().is_some_and(|b| b.get("spec").is_some()))
+        .collect()
 }
 
 fn events(server: &FakeApiServer, reason: &str) -> Vec<Value> {
@@ -169,7 +193,10 @@ fn events(server: &FakeApiServer, reason: &str) -> Vec<Value> {
 
 fn status_annotation(server: &FakeApiServer, name: &str) -> Value {
     let fd = server.get(&flinkdeployments(), NS, name).expect("exists");
-    let text = fd.pointer(&format!("/metadata/annotations/{}", crd::ANN_STATUS.replace('/', "~1"))).and_then(Value::as_str).expect("status annotation");
+    let text = fd
+        .pointer(&format!("/metadata/annotations/{}", crd::ANN_STATUS.replace('/', "~1")))
+        .and_then(Value::as_str)
+        .expect("status annotation");
     serde_json::from_str(text).expect("JSON")
 }
 
@@ -203,7 +230,8 @@ async fn setup(opts: KubernetesOptions, cfg: CoordinatorConfig, jobs: Vec<Value>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opted_in_jobs_are_discovered_in_the_configured_namespaces_and_the_watch_recovers() {
     let server = FakeApiServer::start().await;
-    server.put(&flinkdeployments(), deployment("a", "cars", true, json!({(crd::ANN_MODE): "recommend-only"})));
+    server
+        .put(&flinkdeployments(), deployment("a", "cars", true, json!({(crd::ANN_MODE): "recommend-only"})));
     server.put(&flinkdeployments(), deployment("b", "ads", true, json!({})));
     server.put(&flinkdeployments(), deployment("a", "manual", false, json!({})));
     server.put(&flinkdeployments(), deployment("c", "elsewhere", true, json!({})));
@@ -215,16 +243,25 @@ async fn opted_in_jobs_are_discovered_in_the_configured_namespaces_and_the_watch
     let jobs = backend.list_jobs().await.unwrap();
     let listed: Vec<(String, Option<Mode>)> = jobs.iter().map(|j| (j.key.to_string(), j.mode)).collect();
     assert_eq!(listed, vec![("a/cars".to_string(), Some(Mode::RecommendOnly)), ("b/ads".to_string(), None)]);
-    // Watches use the opt-in label selector, per namespace.
-    let watches: Vec<Recorded> = server.requests().into_iter().filter(|r| r.query.contains("watch=true")).collect();
-    assert!(watches.iter().any(|r| r.path.contains("/namespaces/a/") && r.query.contains("labelSelector=demeter.dev%2Fmanaged%3Dtrue")), "{watches:#?}");
+    // Lists and watches use the opt-in label selector, per namespace.
+    eventually("a watch of namespace a with the opt-in selector", Duration::from_secs(5), || {
+        server.requests().iter().any(|r| {
+            r.path.contains("/namespaces/a/")
+                && r.query.contains("watch=true")
+                && r.query.contains("labelSelector=demeter.dev%2Fmanaged%3Dtrue")
+        })
+    })
+    .await;
     assert!(!server.requests().iter().any(|r| r.path.contains("/namespaces/c/")));
 
     assert_eq!(backend.current_config(&JobKey::new("b", "ads")).await.unwrap(), FROM);
     assert_eq!(backend.current_config(&JobKey::new("b", "nope")).await.unwrap_err().kind(), "not_found");
 
     // Streams dropped and a watch that fails once: the reflector re-watches and sees new jobs.
-    server.inject(Fault { query_contains: "watch=true".into(), ..Fault::new(Some(Method::GET), "/namespaces/b/", 1, FaultAction::Status(500)) });
+    server.inject(Fault {
+        query_contains: "watch=true".into(),
+        ..Fault::new(Some(Method::GET), "/namespaces/b/", 1, FaultAction::Status(500))
+    });
     server.drop_watches();
     server.put(&flinkdeployments(), deployment("b", "late", true, json!({})));
     let b = backend.clone();
@@ -234,7 +271,10 @@ async fn opted_in_jobs_are_discovered_in_the_configured_namespaces_and_the_watch
         if jobs.iter().any(|j| j.key == JobKey::new("b", "late")) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the new job was not discovered after the watch dropped");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new job was not discovered after the watch dropped"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -245,8 +285,15 @@ async fn opted_in_jobs_are_discovered_in_the_configured_namespaces_and_the_watch
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redeploy_sends_exactly_the_documented_patch_and_waits_for_stable() {
     let s = setup(options("x"), config(&[NS]), vec![deployment(NS, "cars", true, json!({}))]).await;
-    let to = JobConfig { parallelism: 12, task_slots: 4, tm_cpu_milli: 2500, tm_memory_mb: 3072, checkpoint_interval_ms: 30_000 };
-    let rep = s.backend.reconfigure(&key("cars"), &reconfiguration(1, to, ReconfigKind::Redeploy)).await.unwrap();
+    let to = JobConfig {
+        parallelism: 12,
+        task_slots: 4,
+        tm_cpu_milli: 2500,
+        tm_memory_mb: 3072,
+        checkpoint_interval_ms: 30_000,
+    };
+    let rep =
+        s.backend.reconfigure(&key("cars"), &reconfiguration(1, to, ReconfigKind::Redeploy)).await.unwrap();
     assert!(rep.downtime_s >= 0.0);
 
     let patches = spec_patches(&s.server, "cars");
@@ -269,7 +316,10 @@ async fn a_redeploy_sends_exactly_the_documented_patch_and_waits_for_stable() {
     let after = s.server.get(&flinkdeployments(), NS, "cars").unwrap();
     assert_valid(crd_validator(), &after, "the patched FlinkDeployment");
     assert_eq!(after["metadata"]["generation"], 2);
-    assert_eq!(after["spec"]["job"]["jarURI"], "local:///opt/flink/examples/streaming/StateMachineExample.jar");
+    assert_eq!(
+        after["spec"]["job"]["jarURI"],
+        "local:///opt/flink/examples/streaming/StateMachineExample.jar"
+    );
     assert_eq!(s.backend.current_config(&key("cars")).await.unwrap(), to);
 
     assert_eq!(events(&s.server, "Reconfigured").len(), 1);
@@ -300,7 +350,12 @@ async fn a_patch_whose_answer_is_lost_is_recognised_and_not_sent_again() {
     let s = setup(options("x"), config(&[NS]), vec![deployment(NS, "cars", true, json!({}))]).await;
     let path = format!("/namespaces/{NS}/flinkdeployments/cars");
     // The server applies the patch and answers after the client gave up (api_timeout 2 s).
-    s.server.inject(Fault::new(Some(Method::PATCH), &path, 1, FaultAction::ApplyThenDelay(Duration::from_secs(6))));
+    s.server.inject(Fault::new(
+        Some(Method::PATCH),
+        &path,
+        1,
+        FaultAction::ApplyThenDelay(Duration::from_secs(6)),
+    ));
     let to = JobConfig { parallelism: 16, tm_memory_mb: 4096, ..FROM };
     s.backend.reconfigure(&key("cars"), &reconfiguration(3, to, ReconfigKind::Redeploy)).await.unwrap();
     assert_eq!(spec_patches(&s.server, "cars").len(), 1, "the spec was patched once");
@@ -321,9 +376,16 @@ async fn a_failed_upgrade_is_rolled_back_to_the_previous_spec() {
         }
     });
     let to = JobConfig { parallelism: 20, tm_cpu_milli: 2000, ..FROM };
-    let err = s.backend.reconfigure(&key("cars"), &reconfiguration(4, to, ReconfigKind::Redeploy)).await.unwrap_err();
+    let err = s
+        .backend
+        .reconfigure(&key("cars"), &reconfiguration(4, to, ReconfigKind::Redeploy))
+        .await
+        .unwrap_err();
     assert!(matches!(err, BackendError::Failed(_)), "{err}");
-    assert!(err.to_string().contains("could not acquire") && err.to_string().contains("rolled back"), "{err}");
+    assert!(
+        err.to_string().contains("could not acquire") && err.to_string().contains("rolled back"),
+        "{err}"
+    );
 
     let patches = spec_patches(&s.server, "cars");
     assert_eq!(patches.len(), 2, "the change and its rollback");
@@ -351,10 +413,16 @@ async fn a_change_that_never_settles_is_rolled_back_after_the_settle_timeout() {
     let mut o = options("x");
     o.settle_timeout = Duration::from_millis(1500);
     let s = setup(o, config(&[NS]), vec![deployment(NS, "cars", true, json!({}))]).await;
-    s.sim.judge(|spec| if spec.pointer("/job/parallelism") == Some(&json!(24)) { Verdict::Hang } else { Verdict::Stable });
+    s.sim.judge(|spec| {
+        if spec.pointer("/job/parallelism") == Some(&json!(24)) { Verdict::Hang } else { Verdict::Stable }
+    });
     let to = JobConfig { parallelism: 24, ..FROM };
     let started = std::time::Instant::now();
-    let err = s.backend.reconfigure(&key("cars"), &reconfiguration(5, to, ReconfigKind::Redeploy)).await.unwrap_err();
+    let err = s
+        .backend
+        .reconfigure(&key("cars"), &reconfiguration(5, to, ReconfigKind::Redeploy))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not RUNNING and STABLE within"), "{err}");
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(s.backend.current_config(&key("cars")).await.unwrap(), FROM);
@@ -366,7 +434,14 @@ async fn a_job_that_is_being_upgraded_is_not_touched() {
     job["status"]["lifecycleState"] = json!("UPGRADING");
     job["status"]["reconciliationStatus"]["state"] = json!("UPGRADING");
     let s = setup(options("x"), config(&[NS]), vec![job]).await;
-    let err = s.backend.reconfigure(&key("cars"), &reconfiguration(6, JobConfig { parallelism: 12, ..FROM }, ReconfigKind::Redeploy)).await.unwrap_err();
+    let err = s
+        .backend
+        .reconfigure(
+            &key("cars"),
+            &reconfiguration(6, JobConfig { parallelism: 12, ..FROM }, ReconfigKind::Redeploy),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), "transient");
     assert!(err.to_string().contains("being upgraded"), "{err}");
     assert!(spec_patches(&s.server, "cars").is_empty());
@@ -380,23 +455,43 @@ async fn the_quota_and_recommend_only_are_never_overridden() {
     ];
     let s = setup(options("x"), config(&[NS]), jobs).await;
     // 12 / 2 slots = 6 TaskManagers × 1 core = 6 cores > 4.
-    let err = s.backend.reconfigure(&key("small"), &reconfiguration(7, JobConfig { parallelism: 12, ..FROM }, ReconfigKind::Redeploy)).await.unwrap_err();
+    let err = s
+        .backend
+        .reconfigure(
+            &key("small"),
+            &reconfiguration(7, JobConfig { parallelism: 12, ..FROM }, ReconfigKind::Redeploy),
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("over the quota of 4 cores"), "{err}");
     s.backend.list_jobs().await.unwrap();
     let (mode, quota, _) = s.backend.job_settings(&key("small")).expect("cached");
     assert_eq!((mode, quota.max_total_cpu, quota.max_total_memory_mb), (Mode::Apply, 4.0, 65_536));
 
-    let err = s.backend.reconfigure(&key("watched"), &reconfiguration(8, JobConfig { parallelism: 12, ..FROM }, ReconfigKind::Redeploy)).await.unwrap_err();
+    let err = s
+        .backend
+        .reconfigure(
+            &key("watched"),
+            &reconfiguration(8, JobConfig { parallelism: 12, ..FROM }, ReconfigKind::Redeploy),
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("recommend-only"), "{err}");
     assert!(spec_patches(&s.server, "small").is_empty() && spec_patches(&s.server, "watched").is_empty());
 
     // Recommend-only writes an Event and the status annotation, nothing else.
     let rec = JobConfig { parallelism: 4, ..FROM };
-    s.backend.recommend(&key("watched"), &FROM, &rec, "the forecast peak needs half the capacity").await.unwrap();
+    s.backend
+        .recommend(&key("watched"), &FROM, &rec, "the forecast peak needs half the capacity")
+        .await
+        .unwrap();
     let fd = s.server.get(&flinkdeployments(), NS, "watched").unwrap();
     assert_eq!(fd["metadata"]["generation"], 1, "the spec is untouched");
     let st = status_annotation(&s.server, "watched");
-    assert_eq!((st["mode"].as_str(), st["lastAction"].as_str()), (Some("recommend-only"), Some("Recommendation")));
+    assert_eq!(
+        (st["mode"].as_str(), st["lastAction"].as_str()),
+        (Some("recommend-only"), Some("Recommendation"))
+    );
     assert_eq!(st["recommended"]["parallelism"], 4);
     let ev = events(&s.server, "Recommendation");
     assert_eq!(ev.len(), 1);
@@ -433,7 +528,11 @@ async fn a_parallelism_change_goes_in_place_through_the_operator() {
             "pipeline.jobvertex-parallelism-overrides": "0a448493b4782967b150582570326227:12,cbc357ccb763df2852fee8c4fc7d55f2:12"
         }}})
     );
-    assert_valid(crd_validator(), &s.server.get(&flinkdeployments(), NS, "cars").unwrap(), "the scaled FlinkDeployment");
+    assert_valid(
+        crd_validator(),
+        &s.server.get(&flinkdeployments(), NS, "cars").unwrap(),
+        "the scaled FlinkDeployment",
+    );
     assert_eq!(s.backend.current_config(&key("cars")).await.unwrap(), to);
 
     // A later redeploy drops the overrides, which would otherwise win over job.parallelism.
@@ -442,7 +541,10 @@ async fn a_parallelism_change_goes_in_place_through_the_operator() {
     r.from = to;
     s.backend.reconfigure(&key("cars"), &r).await.unwrap();
     let last = spec_patches(&s.server, "cars").pop().unwrap();
-    assert_eq!(last.body.unwrap()["spec"]["flinkConfiguration"]["pipeline.jobvertex-parallelism-overrides"], Value::Null);
+    assert_eq!(
+        last.body.unwrap()["spec"]["flinkConfiguration"]["pipeline.jobvertex-parallelism-overrides"],
+        Value::Null
+    );
     assert_eq!(s.backend.current_config(&key("cars")).await.unwrap(), to2);
 }
 
@@ -499,16 +601,24 @@ async fn exactly_one_replica_leads_and_a_standby_takes_over() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (leader, follower) = if *ra.borrow() { (a, b) } else { (b, a) };
     assert!(leader.is_leader() && !follower.is_leader());
-    let holder = server.get(&leases(), "demeter", "demeter-leader").unwrap()["spec"]["holderIdentity"].clone();
+    let holder =
+        server.get(&leases(), "demeter", "demeter-leader").unwrap()["spec"]["holderIdentity"].clone();
     assert!(holder.as_str().unwrap().starts_with("replica-"));
 
     // The follower refuses to act.
-    let err = follower.reconfigure(&key("cars"), &reconfiguration(12, JobConfig { parallelism: 12, ..FROM }, ReconfigKind::Redeploy)).await.unwrap_err();
+    let err = follower
+        .reconfigure(
+            &key("cars"),
+            &reconfiguration(12, JobConfig { parallelism: 12, ..FROM }, ReconfigKind::Redeploy),
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not the leader"), "{err}");
     assert!(spec_patches(&server, "cars").is_empty());
 
     // The leader renews with updates carrying the resourceVersion (no patch verb needed).
-    let lease_writes: Vec<Recorded> = server.requests().into_iter().filter(|r| r.path.contains("/leases")).collect();
+    let lease_writes: Vec<Recorded> =
+        server.requests().into_iter().filter(|r| r.path.contains("/leases")).collect();
     assert!(lease_writes.iter().any(|r| r.method == Method::PUT && r.status == 200));
     assert!(lease_writes.iter().all(|r| r.method != Method::PATCH));
 
@@ -537,7 +647,8 @@ async fn exactly_one_replica_leads_and_a_standby_takes_over() {
 // Agent injection
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/agent").join(name)).unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/agent").join(name))
+        .unwrap()
 }
 
 fn injection() -> AgentInjection {
@@ -555,12 +666,16 @@ async fn the_agent_is_injected_once_into_opted_in_jobs_in_apply_mode_only() {
     ];
     let s = setup(o, config(&[NS]), jobs).await;
     eventually("the sidecar is injected", Duration::from_secs(5), || {
-        s.server.get(&flinkdeployments(), NS, "cars").unwrap().pointer("/spec/taskManager/podTemplate/spec/containers/0/name")
+        s.server
+            .get(&flinkdeployments(), NS, "cars")
+            .unwrap()
+            .pointer("/spec/taskManager/podTemplate/spec/containers/0/name")
             == Some(&json!("demeter-agent"))
     })
     .await;
     eventually("the operator rolls it out", Duration::from_secs(5), || {
-        s.server.get(&flinkdeployments(), NS, "cars").unwrap().pointer("/status/observedGeneration") == Some(&json!(2))
+        s.server.get(&flinkdeployments(), NS, "cars").unwrap().pointer("/status/observedGeneration")
+            == Some(&json!(2))
     })
     .await;
     // Status updates and re-listing after a dropped watch change nothing more.
@@ -586,7 +701,10 @@ async fn the_agent_is_injected_once_into_opted_in_jobs_in_apply_mode_only() {
 
 #[test]
 fn the_example_deployment_is_what_injection_makes_of_the_bare_job_and_validates() {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flinkdeployment-with-agent.yaml")).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flinkdeployment-with-agent.yaml"),
+    )
+    .unwrap();
     let example: Value = serde_saphyr::from_str(&text).unwrap();
     assert_valid(crd_validator(), &example, "examples/flinkdeployment-with-agent.yaml");
     // The job as a user would write it without Demeter's agent.
@@ -663,7 +781,8 @@ async fn profiling_runs_a_copy_injects_a_failure_measures_and_always_cleans_up()
     let obs2 = obs.clone();
     let watcher = tokio::spawn(async move {
         loop {
-            let deleted = srv.requests().iter().any(|r| r.method == Method::DELETE && r.path.contains("/pods/"));
+            let deleted =
+                srv.requests().iter().any(|r| r.method == Method::DELETE && r.path.contains("/pods/"));
             if deleted {
                 *obs2.failed_at.lock().unwrap() = Some(UnixMillis::now().0);
                 return;
@@ -675,7 +794,10 @@ async fn profiling_runs_a_copy_injects_a_failure_measures_and_always_cleans_up()
     let run2 = run.clone();
     let profiling = tokio::spawn(async move { b2.start_profiling(&key("cars"), &run2).await });
 
-    eventually("the copy exists", Duration::from_secs(3), || server.get(&flinkdeployments(), NS, "cars-p21").is_some()).await;
+    eventually("the copy exists", Duration::from_secs(3), || {
+        server.get(&flinkdeployments(), NS, "cars-p21").is_some()
+    })
+    .await;
     let copy = server.get(&flinkdeployments(), NS, "cars-p21").unwrap();
     assert_valid(crd_validator(), &copy, "the profiling copy");
     assert_eq!(copy["metadata"]["labels"][crd::LABEL_PROFILING_OF], "cars");
@@ -683,6 +805,10 @@ async fn profiling_runs_a_copy_injects_a_failure_measures_and_always_cleans_up()
     assert!(copy["metadata"]["labels"].get(crd::LABEL_MANAGED).is_none());
     assert_eq!(copy["spec"]["taskManager"]["podTemplate"]["spec"]["containers"][0]["name"], "demeter-agent");
     assert_eq!(copy["spec"]["job"]["parallelism"], 4);
+
+    // The runtime can tell the copy's metrics from a job's.
+    assert_eq!(backend.profiling_copy_of(&key("cars-p21")), Some((key("cars"), 21)));
+    assert_eq!(backend.profiling_copy_of(&key("cars")), None);
 
     // The budget (one run at a time) is respected.
     let other = ProfilingRun { run_id: 22, ..run.clone() };
@@ -697,14 +823,29 @@ async fn profiling_runs_a_copy_injects_a_failure_measures_and_always_cleans_up()
         Some(RecoveryTime::Measured(s)) => assert!((1.0..=5.0).contains(&s), "{s}"),
         other => panic!("no recovery measured: {other:?}"),
     }
-    assert!(server.requests().iter().any(|r| r.method == Method::DELETE && r.path.contains("/pods/cars-p21-taskmanager")));
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.method == Method::DELETE && r.path.contains("/pods/cars-p21-taskmanager"))
+    );
     assert!(server.get(&flinkdeployments(), NS, "cars-p21").is_none(), "the copy is deleted");
-    assert!(server.list(&pods(), Some(NS)).iter().all(|p| p["metadata"]["labels"]["app"] != "cars-p21"), "its pods are gone");
+    // The operator removes the copy's cluster, and with it its pods.
+    eventually("the copy's pods are gone", Duration::from_secs(3), || {
+        server.list(&pods(), Some(NS)).iter().all(|p| p["metadata"]["labels"]["app"] != "cars-p21")
+    })
+    .await;
     assert_eq!(events(&server, "ProfilingStarted").len(), 1);
     assert_eq!(events(&server, "ProfilingFinished").len(), 1);
     // The budget is free again.
     let b3 = backend.clone();
-    let next = tokio::spawn(async move { b3.start_profiling(&key("cars"), &ProfilingRun { run_id: 23, duration_s: 1, inject_failure_after_s: None, ..run }).await });
+    let next = tokio::spawn(async move {
+        b3.start_profiling(
+            &key("cars"),
+            &ProfilingRun { run_id: 23, duration_s: 1, inject_failure_after_s: None, ..run },
+        )
+        .await
+    });
     assert!(next.await.unwrap().is_ok());
 }
 
@@ -716,15 +857,27 @@ async fn with_chaos_mesh_installed_a_network_chaos_is_injected_and_removed() {
     let _sim = OperatorSim::start(&server, Duration::from_millis(100));
     let mut o = options("x");
     o.chaos_mesh = true;
-    let backend = KubernetesBackend::start(server.client(), &config(&[NS]), o, Some(Arc::new(Observations::default())));
-    let run = ProfilingRun { run_id: 31, config: JobConfig { parallelism: 4, ..FROM }, duration_s: 3, inject_failure_after_s: Some(1) };
+    let backend =
+        KubernetesBackend::start(server.client(), &config(&[NS]), o, Some(Arc::new(Observations::default())));
+    let run = ProfilingRun {
+        run_id: 31,
+        config: JobConfig { parallelism: 4, ..FROM },
+        duration_s: 3,
+        inject_failure_after_s: Some(1),
+    };
     let b = backend.clone();
     let r = run.clone();
     let task = tokio::spawn(async move { b.start_profiling(&key("cars"), &r).await });
-    eventually("the NetworkChaos exists", Duration::from_secs(5), || !server.list(&networkchaos(), Some(NS)).is_empty()).await;
+    eventually("the NetworkChaos exists", Duration::from_secs(5), || {
+        !server.list(&networkchaos(), Some(NS)).is_empty()
+    })
+    .await;
     let chaos = server.list(&networkchaos(), Some(NS)).pop().unwrap();
     assert_valid(chaos_validator(), &chaos, "the NetworkChaos");
-    assert_eq!(chaos["spec"]["selector"]["labelSelectors"], json!({"app": "cars-p31", "component": "taskmanager"}));
+    assert_eq!(
+        chaos["spec"]["selector"]["labelSelectors"],
+        json!({"app": "cars-p31", "component": "taskmanager"})
+    );
     assert_eq!(chaos["spec"]["duration"], "1s");
     task.await.unwrap().unwrap();
     assert!(server.list(&networkchaos(), Some(NS)).is_empty(), "the NetworkChaos is deleted");
@@ -762,7 +915,10 @@ async fn copies_left_behind_are_cleaned_up_by_stop_profiling_and_the_janitor() {
     assert!(server.get(&flinkdeployments(), NS, "cars-p3").is_none());
     assert!(!backend.can_profile(), "no observation source: no profiling");
     let err = backend
-        .start_profiling(&key("cars"), &ProfilingRun { run_id: 9, config: FROM, duration_s: 1, inject_failure_after_s: None })
+        .start_profiling(
+            &key("cars"),
+            &ProfilingRun { run_id: 9, config: FROM, duration_s: 1, inject_failure_after_s: None },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), "unsupported");

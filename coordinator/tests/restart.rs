@@ -68,7 +68,7 @@ async fn sigkill_mid_run_loses_no_batch_and_restores_the_controller() {
         publish(&js, &make(published)).await;
         published += 1;
         tokio::time::sleep(Duration::from_millis(25)).await;
-        if published % 5 == 0 {
+        if published.is_multiple_of(5) {
             let in_flight = !fb.journal(&job()).unwrap().is_empty();
             let (_, v) = coord.get("/api/v1/jobs/flink/cars");
             let absorbed = v["observations"].as_u64().unwrap_or(0);
@@ -79,7 +79,8 @@ async fn sigkill_mid_run_loses_no_batch_and_restores_the_controller() {
             }
         }
     }
-    let (published_before_kill, absorbed_seen, reconfig_in_flight) = killed_at.expect("the coordinator was killed mid-run");
+    let (published_before_kill, absorbed_seen, reconfig_in_flight) =
+        killed_at.expect("the coordinator was killed mid-run");
 
     // What the crash left in the store.
     let (durable_obs, durable_samples, open_intents) = {
@@ -101,8 +102,17 @@ async fn sigkill_mid_run_loses_no_batch_and_restores_the_controller() {
         "the kill was not mid-run: {durable_obs} of {published_before_kill} seconds persisted"
     );
     if reconfig_in_flight {
-        assert_eq!(open_intents, 1, "a reconfiguration was in flight, so its intent has no outcome yet");
+        assert_eq!(
+            open_intents,
+            1,
+            "a reconfiguration was in flight, so its intent has no outcome yet; journal {:?}\n{}",
+            fb.journal(&job()).unwrap(),
+            coord.log_tail(40)
+        );
     }
+
+    // Deliveries the dead process never acknowledged.
+    let unacked_at_kill = consumer_state(&js).await.1;
 
     // Phase 2: the coordinator is down; agents keep publishing.
     while published < total {
@@ -113,7 +123,15 @@ async fn sigkill_mid_run_loses_no_batch_and_restores_the_controller() {
     // Restart: the durable consumer resumes, the state is restored.
     let mut coord = Coordinator::start(&cfg, port, &log);
     coord.wait_ready(Duration::from_secs(30));
-    let restored = wait_until(Duration::from_secs(10), || coord.get("/api/v1/jobs/flink/cars").1["restored"] == true);
+    if unacked_at_kill > 0 {
+        let rewound = wait_until(Duration::from_secs(10), || {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            log.contains("rewound the consumer") || log.contains("recreating the consumer from its ack floor")
+        });
+        assert!(rewound, "{unacked_at_kill} unacknowledged deliveries, but the consumer was not rewound");
+    }
+    let restored =
+        wait_until(Duration::from_secs(10), || coord.get("/api/v1/jobs/flink/cars").1["restored"] == true);
     assert!(restored, "the controller was not restored from the store:\n{}", coord.log_tail(40));
 
     let caught_up = wait_until(Duration::from_secs(60), || {
@@ -150,7 +168,10 @@ async fn sigkill_mid_run_loses_no_batch_and_restores_the_controller() {
 
     let conn = db(&data);
     // One observation per second of data, none counted twice, none lost.
-    assert_eq!(count(&conn, "SELECT SUM(n) FROM observations WHERE namespace = 'flink' AND name = 'cars'"), total as i64);
+    assert_eq!(
+        count(&conn, "SELECT SUM(n) FROM observations WHERE namespace = 'flink' AND name = 'cars'"),
+        total as i64
+    );
     assert_eq!(count(&conn, "SELECT observations FROM controller_state"), total as i64);
     // The model kept what it had learnt before the crash, and every sample it holds is on record.
     let state: String = conn.query_row("SELECT state FROM controller_state", [], |r| r.get(0)).unwrap();
@@ -174,7 +195,9 @@ async fn sigkill_mid_run_loses_no_batch_and_restores_the_controller() {
     assert_eq!(open, 0, "every intent has an outcome after the restart");
     for id in per_id.keys() {
         let ok: bool = conn
-            .query_row("SELECT ok FROM outcomes WHERE kind = 'reconfigure' AND id = ?1", [*id as i64], |r| r.get(0))
+            .query_row("SELECT ok FROM outcomes WHERE kind = 'reconfigure' AND id = ?1", [*id as i64], |r| {
+                r.get(0)
+            })
             .unwrap_or_else(|e| panic!("no outcome for applied reconfiguration {id}: {e}"));
         assert!(ok, "reconfiguration {id} reached the backend, so it counts as applied");
     }
@@ -185,7 +208,8 @@ async fn sigkill_mid_run_loses_no_batch_and_restores_the_controller() {
     assert_eq!(current, running);
     eprintln!(
         "killed after {published_before_kill} batches ({absorbed_seen} absorbed, {durable_obs} durable, \
-         reconfiguration in flight: {reconfig_in_flight}); {} reconfiguration(s) applied",
+         {unacked_at_kill} unacknowledged, reconfiguration in flight: {reconfig_in_flight}); \
+         {} reconfiguration(s) applied",
         journal.len()
     );
 }

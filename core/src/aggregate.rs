@@ -21,8 +21,8 @@
 //!   JVM heap plus managed memory when no container figure is available.
 
 use crate::obs::JobObservation;
-use demeter_common::wire::{MetricBatch, Sample};
 use demeter_common::UnixMillis;
+use demeter_common::wire::{MetricBatch, Sample};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -130,7 +130,10 @@ impl JobAggregator {
     pub fn handle_batch(&mut self, now: UnixMillis, b: &MetricBatch) -> Result<(), Rejected> {
         if b.collected_at.0 < now.0 - self.cfg.max_batch_age_ms {
             self.stats.too_old += 1;
-            return Err(Rejected::TooOld { collected_at: b.collected_at, max_age_ms: self.cfg.max_batch_age_ms });
+            return Err(Rejected::TooOld {
+                collected_at: b.collected_at,
+                max_age_ms: self.cfg.max_batch_age_ms,
+            });
         }
         let key = b.source.taskmanager_id.clone();
         match self.tms.get_mut(&key) {
@@ -157,7 +160,10 @@ impl JobAggregator {
                 tm.last = b.clone();
             }
             None => {
-                self.tms.insert(key, TmState { run_id: b.agent_run_id.clone(), last_seq: b.agent_seq, last: b.clone() });
+                self.tms.insert(
+                    key,
+                    TmState { run_id: b.agent_run_id.clone(), last_seq: b.agent_seq, last: b.clone() },
+                );
             }
         }
         self.stats.accepted += 1;
@@ -312,11 +318,23 @@ fn aggregate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use demeter_common::wire::{ContainerSample, LatencySample, OperatorSample, Source, SubtaskId, TaskSample};
+    use demeter_common::wire::{
+        ContainerSample, LatencySample, OperatorSample, Source, SubtaskId, TaskSample,
+    };
 
     fn batch(tm: &str, run: &str, seq: u64, at: i64, rate: f64, pending: f64) -> MetricBatch {
-        let src = SubtaskId { job_id: "j".into(), vertex_id: "src".into(), vertex_name: "Source: in".into(), subtask_index: 0 };
-        let work = SubtaskId { job_id: "j".into(), vertex_id: "w".into(), vertex_name: "work".into(), subtask_index: 0 };
+        let src = SubtaskId {
+            job_id: "j".into(),
+            vertex_id: "src".into(),
+            vertex_name: "Source: in".into(),
+            subtask_index: 0,
+        };
+        let work = SubtaskId {
+            job_id: "j".into(),
+            vertex_id: "w".into(),
+            vertex_name: "work".into(),
+            subtask_index: 0,
+        };
         MetricBatch {
             schema_version: 1,
             source: Source {
@@ -331,11 +349,36 @@ mod tests {
             agent_seq: seq,
             collected_at: UnixMillis(at),
             samples: vec![
-                Sample::Task(TaskSample { id: src.clone(), records_out_per_s: Some(rate), busy_ms_per_s: Some(100.0), ..Default::default() }),
-                Sample::Operator(OperatorSample { id: src, operator_name: "in".into(), pending_records: Some(pending), ..Default::default() }),
-                Sample::Task(TaskSample { id: work.clone(), records_in_per_s: Some(rate), busy_ms_per_s: Some(800.0), backpressured_ms_per_s: Some(0.0), ..Default::default() }),
-                Sample::Latency(LatencySample { id: work, metric: "latencyHistogram".into(), p95_ms: Some(900.0), ..Default::default() }),
-                Sample::Container(ContainerSample { cpu_usage_cores: Some(0.5), memory_working_set_bytes: Some(1024.0 * 1024.0 * 1000.0), ..Default::default() }),
+                Sample::Task(TaskSample {
+                    id: src.clone(),
+                    records_out_per_s: Some(rate),
+                    busy_ms_per_s: Some(100.0),
+                    ..Default::default()
+                }),
+                Sample::Operator(OperatorSample {
+                    id: src,
+                    operator_name: "in".into(),
+                    pending_records: Some(pending),
+                    ..Default::default()
+                }),
+                Sample::Task(TaskSample {
+                    id: work.clone(),
+                    records_in_per_s: Some(rate),
+                    busy_ms_per_s: Some(800.0),
+                    backpressured_ms_per_s: Some(0.0),
+                    ..Default::default()
+                }),
+                Sample::Latency(LatencySample {
+                    id: work,
+                    metric: "latencyHistogram".into(),
+                    p95_ms: Some(900.0),
+                    ..Default::default()
+                }),
+                Sample::Container(ContainerSample {
+                    cpu_usage_cores: Some(0.5),
+                    memory_working_set_bytes: Some(1024.0 * 1024.0 * 1000.0),
+                    ..Default::default()
+                }),
             ],
         }
     }
@@ -368,8 +411,14 @@ mod tests {
         let mut a = JobAggregator::new(AggregatorConfig::default());
         let now = UnixMillis(2_000_000);
         a.handle_batch(now, &batch("tm1", "r1", 5, 2_000_000, 10.0, 0.0)).unwrap();
-        assert!(matches!(a.handle_batch(now, &batch("tm1", "r1", 5, 2_000_000, 10.0, 0.0)), Err(Rejected::Duplicate { .. })));
-        assert!(matches!(a.handle_batch(now, &batch("tm1", "r1", 4, 1_999_000, 10.0, 0.0)), Err(Rejected::Duplicate { .. })));
+        assert!(matches!(
+            a.handle_batch(now, &batch("tm1", "r1", 5, 2_000_000, 10.0, 0.0)),
+            Err(Rejected::Duplicate { .. })
+        ));
+        assert!(matches!(
+            a.handle_batch(now, &batch("tm1", "r1", 4, 1_999_000, 10.0, 0.0)),
+            Err(Rejected::Duplicate { .. })
+        ));
         a.handle_batch(now, &batch("tm1", "r1", 8, 2_001_000, 10.0, 0.0)).unwrap();
         assert_eq!(a.stats().seq_gaps, 1);
         // Agent restart: new run id, sequence from 0.

@@ -155,7 +155,9 @@ pub struct ProfilingRun {
 pub enum Action {
     Reconfigure(Reconfiguration),
     StartProfiling(ProfilingRun),
-    StopProfiling { run_id: u64 },
+    StopProfiling {
+        run_id: u64,
+    },
     /// `recommend-only` mode: what would have been applied.
     Recommend(Decision),
 }
@@ -164,14 +166,29 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    ReconfigApplied { id: u64, downtime_s: f64 },
+    ReconfigApplied {
+        id: u64,
+        downtime_s: f64,
+    },
     /// The reconfiguration did not take; the job runs `running` (the old configuration after a
     /// rollback).
-    ReconfigFailed { id: u64, running: JobConfig, reason: String },
-    ProfileFinished { run_id: u64, sample: PerfSample },
-    ProfileFailed { run_id: u64, reason: String },
+    ReconfigFailed {
+        id: u64,
+        running: JobConfig,
+        reason: String,
+    },
+    ProfileFinished {
+        run_id: u64,
+        sample: PerfSample,
+    },
+    ProfileFailed {
+        run_id: u64,
+        reason: String,
+    },
     /// The job's configuration changed outside the controller (a user edit, a restart).
-    ExternalChange { config: JobConfig },
+    ExternalChange {
+        config: JobConfig,
+    },
 }
 
 /// A record of one decision, for the API, the store and the metrics.
@@ -197,9 +214,16 @@ pub enum CoreEvent {
     Decision(DecisionRecord),
     Forecast(Forecast),
     Sample(PerfSample),
-    ProfilingStopped { reason: String },
+    ProfilingStopped {
+        reason: String,
+    },
     /// A reconfiguration finished (applied or failed), with the configuration now running.
-    Reconfigured { id: u64, running: JobConfig, downtime_s: f64, ok: bool },
+    Reconfigured {
+        id: u64,
+        running: JobConfig,
+        downtime_s: f64,
+        ok: bool,
+    },
 }
 
 /// Counters exposed as metrics.
@@ -351,7 +375,11 @@ impl ControllerConfig {
             errs.push("overload_grace", humantime::format_duration(self.overload_grace), "0s..=1h");
         }
         if errs.is_empty() && self.search_space.candidates(&self.quota).is_empty() {
-            errs.push("quota", format!("{:?}", self.quota), "a quota that admits at least one configuration of the search space");
+            errs.push(
+                "quota",
+                format!("{:?}", self.quota),
+                "a quota that admits at least one configuration of the search space",
+            );
         }
         errs.into_result()
     }
@@ -505,7 +533,8 @@ impl Controller {
                     return;
                 }
                 // Three consecutive seconds below 10 % of the input.
-                let collapsed = self.st.recent.iter().skip(n - 3).all(|o| o.throughput < 0.1 * o.offered_rate.max(1.0));
+                let collapsed =
+                    self.st.recent.iter().skip(n - 3).all(|o| o.throughput < 0.1 * o.offered_rate.max(1.0));
                 if collapsed {
                     let before = self.st.recent[n - 4].clone();
                     self.st.disturbance =
@@ -620,8 +649,7 @@ impl Controller {
         let n = self.st.recent.len();
         let lag_growing = n >= 10 && obs.lag > self.st.recent[n - 10].lag + 0.5 * obs.offered_rate.max(1.0);
         let saturated = obs.busy_ratio >= 0.85 || obs.backpressure_ratio >= 0.5;
-        let latency_violated =
-            obs.p95_latency_ms.is_some_and(|p| p > self.cfg.constraints.latency_p95_ms);
+        let latency_violated = obs.p95_latency_ms.is_some_and(|p| p > self.cfg.constraints.latency_p95_ms);
         let overloaded = (lag_growing && saturated) || latency_violated;
         if !overloaded {
             self.st.overload_since = None;
@@ -656,7 +684,12 @@ impl Controller {
                     self.st.in_flight = None;
                     self.st.current = running;
                     self.after_change(now);
-                    self.events.push_back(CoreEvent::Reconfigured { id, running, downtime_s: 0.0, ok: false });
+                    self.events.push_back(CoreEvent::Reconfigured {
+                        id,
+                        running,
+                        downtime_s: 0.0,
+                        ok: false,
+                    });
                     let _ = reason;
                 }
             }
@@ -739,7 +772,9 @@ impl Controller {
 
     fn refit(&mut self) {
         if self.model_dirty || self.model.is_none() {
-            self.model = Some(PerfModel::fit(&self.st.samples, &self.cfg.model));
+            // Warm start from the previous hyperparameters: a few optimiser steps instead of a
+            // cold fit (about half the cost at 500 samples).
+            self.model = Some(PerfModel::fit_warm(&self.st.samples, &self.cfg.model, self.model.as_ref()));
             self.model_dirty = false;
         }
     }
@@ -998,7 +1033,8 @@ mod tests {
 
     #[test]
     fn invalid_observations_are_counted_and_ignored() {
-        let mut c = Controller::new(ControllerConfig::default(), JobConfig::STATIC_DEFAULT, UnixMillis(T0)).unwrap();
+        let mut c =
+            Controller::new(ControllerConfig::default(), JobConfig::STATIC_DEFAULT, UnixMillis(T0)).unwrap();
         let mut o = obs(1, f64::NAN, 10.0, 0.0, 0.3, 900.0);
         c.handle_observation(o.at, &o);
         o.offered_rate = -5.0;
@@ -1025,7 +1061,8 @@ mod tests {
 
     #[test]
     fn clock_jumps_fire_each_timer_once() {
-        let mut c = Controller::new(ControllerConfig::default(), JobConfig::STATIC_DEFAULT, UnixMillis(T0)).unwrap();
+        let mut c =
+            Controller::new(ControllerConfig::default(), JobConfig::STATIC_DEFAULT, UnixMillis(T0)).unwrap();
         let mut actions = Vec::new();
         run_healthy(&mut c, 0, 1200, 20_000.0, &mut actions);
         let before = c.stats().decisions;
@@ -1065,7 +1102,13 @@ mod tests {
     #[test]
     fn sustained_overload_scales_up_between_loops() {
         let cfg = ControllerConfig { mode: Mode::Apply, profiling_enabled: false, ..Default::default() };
-        let small = JobConfig { parallelism: 8, task_slots: 4, tm_cpu_milli: 1000, tm_memory_mb: 1024, checkpoint_interval_ms: 10_000 };
+        let small = JobConfig {
+            parallelism: 8,
+            task_slots: 4,
+            tm_cpu_milli: 1000,
+            tm_memory_mb: 1024,
+            checkpoint_interval_ms: 10_000,
+        };
         let mut c = Controller::new(cfg, small, UnixMillis(T0)).unwrap();
         let mut actions = Vec::new();
         // Healthy at 4k/s for 20 minutes (busy 60 %), then the input jumps to 12k/s while
@@ -1125,14 +1168,21 @@ mod tests {
 
     #[test]
     fn a_failure_of_the_production_job_becomes_a_recovery_sample() {
-        let mut c = Controller::new(ControllerConfig::default(), JobConfig::STATIC_DEFAULT, UnixMillis(T0)).unwrap();
+        let mut c =
+            Controller::new(ControllerConfig::default(), JobConfig::STATIC_DEFAULT, UnixMillis(T0)).unwrap();
         let mut actions = Vec::new();
         run_healthy(&mut c, 0, 600, 10_000.0, &mut actions);
         // 30 s outage, then catch-up at twice the input for 40 s.
         let mut lag = 0.0;
         for t in 600..700 {
             let now = UnixMillis(T0 + t * 1000);
-            let thr = if t < 630 { 0.0 } else if lag > 0.0 { 20_000.0 } else { 10_000.0 };
+            let thr = if t < 630 {
+                0.0
+            } else if lag > 0.0 {
+                20_000.0
+            } else {
+                10_000.0
+            };
             lag = f64::max(lag + 10_000.0 - thr, 0.0);
             c.handle_observation(now, &obs(t, 10_000.0, thr, lag, 0.5, 900.0));
         }

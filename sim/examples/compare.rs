@@ -33,7 +33,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let mut runs = Vec::new();
         for n in &names {
-            let mut s = strategies::build(n, &prepared).ok_or_else(|| format!("unknown strategy {n}"))?;
+            let mut s: Box<dyn demeter_sim::Strategy + Send> = match n.as_str() {
+                "demeter" => Box::new(strategies::demeter::DemeterStrategy::new(
+                    demeter_core::controller::ControllerConfig::default(),
+                    demeter_common::JobConfig::STATIC_DEFAULT,
+                    seed,
+                )),
+                "demeter-upstream" => Box::new(strategies::demeter_upstream::DemeterUpstream::new(seed)),
+                _ => strategies::build(n, &prepared).ok_or_else(|| format!("unknown strategy {n}"))?,
+            };
             runs.push(demeter_sim::run_one(&prepared, s.as_mut(), &mut |_, _| {}));
         }
         let report = demeter_sim::report(&prepared, runs);

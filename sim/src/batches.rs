@@ -9,8 +9,8 @@ use crate::job::JobSecond;
 use demeter_common::JobConfig;
 use demeter_common::UnixMillis;
 use demeter_common::wire::{
-    CheckpointSample, ContainerSample, FlinkMemorySample, JvmSample, LatencySample, OperatorSample, SubtaskId,
-    TaskSample,
+    CheckpointSample, ContainerSample, FlinkMemorySample, JvmSample, LatencySample, OperatorSample,
+    SubtaskId, TaskSample,
 };
 use demeter_common::{MetricBatch, SCHEMA_VERSION, Sample, Source};
 
@@ -82,7 +82,10 @@ impl Agents {
             let mut samples = vec![
                 Sample::Jvm(JvmSample::default()),
                 Sample::FlinkMemory(FlinkMemorySample::default()),
-                Sample::Container(ContainerSample { origin: "cgroup".to_string(), ..ContainerSample::default() }),
+                Sample::Container(ContainerSample {
+                    origin: "cgroup".to_string(),
+                    ..ContainerSample::default()
+                }),
             ];
             if i == 0 {
                 samples.push(Sample::Checkpoint(CheckpointSample {

@@ -610,8 +610,12 @@ impl Accum {
         let static_mb_s = st.total_memory_mb() as f64 * n;
         // Recovered, or censored; a recovery cut short by a reconfiguration was not measured.
         let censor = common.recovery_censor_s;
-        let recs: Vec<f64> =
-            run.failures.iter().filter(|f| f.recovered || f.recovery_s >= censor).map(|f| f.recovery_s).collect();
+        let recs: Vec<f64> = run
+            .failures
+            .iter()
+            .filter(|f| f.recovered || f.recovery_s >= censor)
+            .map(|f| f.recovery_s)
+            .collect();
         let total_offered = offered.cum_at(len as f64);
         Summary {
             strategy: name.to_string(),

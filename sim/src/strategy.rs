@@ -16,12 +16,22 @@ pub use demeter_core::controller::ReconfigKind;
 /// What the strategy asks the simulator to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
-    Reconfigure { to: JobConfig, kind: ReconfigKind },
+    Reconfigure {
+        to: JobConfig,
+        kind: ReconfigKind,
+    },
     /// Start a short-lived copy of the job with `config` on the same input. With
     /// `inject_failure_after_s`, a 30 s network failure is injected at that age and the recovery
     /// time is measured.
-    StartProfile { id: ProfileId, config: JobConfig, duration_s: u32, inject_failure_after_s: Option<u32> },
-    StopProfile { id: ProfileId },
+    StartProfile {
+        id: ProfileId,
+        config: JobConfig,
+        duration_s: u32,
+        inject_failure_after_s: Option<u32>,
+    },
+    StopProfile {
+        id: ProfileId,
+    },
 }
 
 /// The end of a reconfiguration.

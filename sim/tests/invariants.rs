@@ -241,7 +241,8 @@ impl Strategy for Aggregating {
 fn batches_aggregate_to_the_observation() {
     let trace = ads_trace(3_000);
     let p = prepared(&trace, 8, true);
-    let mut s = Aggregating { agg: demeter_core::aggregate::JobAggregator::new(Default::default()), compared: 0 };
+    let mut s =
+        Aggregating { agg: demeter_core::aggregate::JobAggregator::new(Default::default()), compared: 0 };
     run_one(&p, &mut s, &mut |_, _| {});
     assert!(s.compared > 2_500, "{}", s.compared);
 }

@@ -2,7 +2,7 @@
 //! 840-option space and is deterministic for a seed.
 
 use demeter_common::{JobConfig, Quota, SearchSpace};
-use demeter_sim::strategies::demeter_upstream::{DemeterUpstream, RescaleReason};
+use demeter_sim::strategies::demeter_upstream::{DemeterUpstream, RescaleReason, UpstreamSettings};
 use demeter_sim::{SimOptions, StrategyRun, Trace, prepare, run_one};
 use std::collections::HashSet;
 
@@ -28,7 +28,7 @@ fn run(seed: u64, len_s: usize) -> (StrategyRun, DemeterUpstream) {
 }
 
 #[test]
-fn profiles_reconfigures_and_stays_in_the_candidate_space() {
+fn upstream_profiles_reconfigures_and_stays_in_the_candidate_space() {
     let (r, s) = run(7, 9_000);
     let candidates: HashSet<JobConfig> =
         SearchSpace::default().candidates(&Quota::default()).into_iter().collect();
@@ -65,7 +65,7 @@ fn profiles_reconfigures_and_stays_in_the_candidate_space() {
 }
 
 #[test]
-fn deterministic_for_a_seed() {
+fn upstream_is_deterministic_for_a_seed() {
     let (a, sa) = run(11, 5_400);
     let (b, sb) = run(11, 5_400);
     assert_eq!(a.reconfigurations, b.reconfigurations);
@@ -73,4 +73,62 @@ fn deterministic_for_a_seed() {
     assert_eq!(a.summary, b.summary);
     assert_eq!(sa.requests(), sb.requests());
     assert!(!sa.requests().is_empty());
+}
+
+/// The full 18 h traces, both workloads, three seeds, next to the static baseline (release build:
+/// `cargo test --release -p demeter-sim upstream_full_traces -- --ignored --nocapture`). Prints the
+/// figures compared with upstream's measurements; upstream's CPU and memory ratios are production
+/// only, so the production-only ratios are printed besides the simulator's (profiling included).
+#[test]
+#[ignore = "18 h simulations: several minutes in release mode"]
+fn upstream_full_traces() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets");
+    // `UPSTREAM_PROPOSALS` overrides the assumed number of qNEHVI proposals per call.
+    let mut settings = UpstreamSettings::default();
+    if let Some(k) = std::env::var("UPSTREAM_PROPOSALS").ok().and_then(|v| v.parse().ok()) {
+        settings.proposals_per_round = k;
+    }
+    println!("proposals per call: {}", settings.proposals_per_round);
+    for file in ["CARS_3D_1S_4_sub_35K_max.csv", "ADS_3D_1S_4_sub_30K_max.csv"] {
+        let trace = Trace::load(&dir.join(file)).expect("dataset present");
+        let opts = SimOptions { record_series: false, ..SimOptions::default() };
+        let prepared = prepare(&trace, &opts).expect("trace is valid");
+        let st = run_one(&prepared, &mut demeter_sim::strategies::StaticStrategy::new(), &mut |_, _| {});
+        println!(
+            "{file} static: >5s {:.2} %, mean p95 {:.0} ms",
+            st.summary.pct_seconds_latency_over_5s, st.summary.mean_p95_latency_ms
+        );
+        for seed in [1, 2, 3] {
+            let mut s = DemeterUpstream::with_settings(
+                settings.clone(),
+                SearchSpace::default(),
+                Quota::default(),
+                seed,
+            );
+            let r = run_one(&prepared, &mut s, &mut |_, _| {});
+            let m = &r.summary;
+            let prod_cpu = m.cpu_ratio / (1.0 + m.profiling_cpu_overhead);
+            let prod_mem = m.memory_ratio / (1.0 + m.profiling_memory_overhead);
+            let censored = s.profiles().iter().filter(|p| p.recovery_s >= 360.0).count();
+            println!(
+                "{file} seed {seed}: cpu {:.3} (production {prod_cpu:.3}), memory {:.3} (production \
+                 {prod_mem:.3}), reconfigurations {}, profiling +{:.1} % cpu / +{:.1} % memory, \
+                 >5s {:.2} %, mean p95 {:.0} ms, profiling runs {} ({censored} censored) in {} rounds, \
+                 {:?}",
+                m.cpu_ratio,
+                m.memory_ratio,
+                m.reconfigurations,
+                100.0 * m.profiling_cpu_overhead,
+                100.0 * m.profiling_memory_overhead,
+                m.pct_seconds_latency_over_5s,
+                m.mean_p95_latency_ms,
+                m.profiling_runs,
+                s.stats().profile_rounds,
+                s.stats(),
+            );
+            assert!(m.reconfigurations > 0 && m.profiling_runs > 10);
+            assert!(prod_cpu > 0.3 && prod_cpu <= 1.0 + 1e-9, "{prod_cpu}");
+            assert!(prod_mem > 0.1 && prod_mem <= 1.0 + 1e-9, "{prod_mem}");
+        }
+    }
 }

@@ -9,6 +9,11 @@
 //! The binaries come from `scripts/install-deps.sh` (`$DEMETER_CACHE/venv`); `scripts/env.sh`
 //! exports their paths. Every process is killed when its helper is dropped, also when a test
 //! panics.
+//!
+//! [`kube_api`] is an in-process fake Kubernetes API server (and a simulated Flink operator) for
+//! tests that use the real `kube::Client`; it needs no binary.
+
+pub mod kube_api;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -246,7 +251,8 @@ impl NatsServer {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
         self.write_config();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
         let child = Command::new(&self.bin)
             .arg("-c")
             .arg(self.config_path())

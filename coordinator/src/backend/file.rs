@@ -43,8 +43,9 @@ pub struct FileBackend {
 impl FileBackend {
     /// Uses (and creates) `dir`.
     pub fn new(dir: PathBuf) -> anyhow::Result<Self> {
-        fs::create_dir_all(&dir)
-            .map_err(|e| anyhow::anyhow!("cannot create the file backend's directory {}: {e}", dir.display()))?;
+        fs::create_dir_all(&dir).map_err(|e| {
+            anyhow::anyhow!("cannot create the file backend's directory {}: {e}", dir.display())
+        })?;
         Ok(FileBackend { dir, apply_delay: Duration::ZERO })
     }
 
@@ -59,7 +60,10 @@ impl FileBackend {
 
     /// `<dir>/<namespace>/<name>.json`; names that could escape the directory are refused.
     pub fn config_path(&self, job: &JobKey) -> BackendResult<PathBuf> {
-        Ok(self.dir.join(safe_component(&job.namespace)?).join(format!("{}.json", safe_component(&job.name)?)))
+        Ok(self
+            .dir
+            .join(safe_component(&job.namespace)?)
+            .join(format!("{}.json", safe_component(&job.name)?)))
     }
 
     pub fn journal_path(&self, job: &JobKey) -> BackendResult<PathBuf> {

@@ -146,6 +146,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Tears a profiling run down. Succeeds when the run does not exist (any more).
     fn stop_profiling<'a>(&'a self, job: &'a JobKey, run_id: u64) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// With several replicas, whether this one leads (`true`) on a channel; `None` (the
+    /// default) when the backend elects no leader and this replica always acts. The runtime
+    /// consumes metrics and runs controllers only while leading, and exits when it stops leading
+    /// so that it comes back as a standby.
+    fn leadership(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// `--backend none`: recommend only, from metrics. It knows no jobs, reads no configuration and
@@ -207,11 +215,13 @@ impl Backend for NoBackend {
 pub fn build(cfg: &CoordinatorConfig) -> anyhow::Result<Arc<dyn Backend>> {
     match cfg.backend {
         BackendKind::None => Ok(Arc::new(NoBackend)),
-        BackendKind::File => Ok(Arc::new(file::FileBackend::new(cfg.file_backend_dir())?)),
+        BackendKind::File => Ok(Arc::new(
+            file::FileBackend::new(cfg.file_backend_dir())?.with_apply_delay(cfg.file_backend.apply_delay),
+        )),
         BackendKind::Kubernetes => Ok(Arc::new(kubernetes::KubernetesBackend::build(cfg)?)),
-        BackendKind::FlinkRest => {
-            Ok(Arc::new(flink_rest::FlinkRestBackend::new(flink_rest::FlinkRestConfig::locate(&cfg.data_dir)?)?))
-        }
+        BackendKind::FlinkRest => Ok(Arc::new(flink_rest::FlinkRestBackend::new(
+            flink_rest::FlinkRestConfig::locate(&cfg.data_dir)?,
+        )?)),
     }
 }
 

@@ -5,7 +5,11 @@
 //!
 //! Other subcommands (simulate, calibrate, forecast-eval, bench-decision) live next to these.
 
+pub mod bench;
+pub mod calibrate;
+pub mod forecast_eval;
 pub mod run;
+pub mod simulate;
 pub mod tail;
 
 use clap::Args;

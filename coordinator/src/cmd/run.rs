@@ -67,7 +67,11 @@ impl RunArgs {
 
 /// Loads and validates the configuration, then runs until SIGTERM or SIGINT.
 pub fn main(args: RunArgs) -> ExitCode {
-    let loaded = match config::load(non_empty_path(args.config.clone()).as_deref(), std::env::vars(), args.overrides()) {
+    let loaded = match config::load(
+        non_empty_path(args.config.clone()).as_deref(),
+        std::env::vars(),
+        args.overrides(),
+    ) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("demeter-coordinator: {}", describe(&e));

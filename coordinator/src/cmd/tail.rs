@@ -20,7 +20,12 @@ use crate::runtime::ingest::NatsSettings;
 #[derive(Debug, Clone, Args)]
 pub struct TailArgs {
     /// NATS server URL(s), comma-separated.
-    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222", env = "DEMETER_COORDINATOR_NATS_URL")]
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222",
+        env = "DEMETER_COORDINATOR_NATS_URL"
+    )]
     pub nats_url: String,
     /// Subject to follow (wildcards allowed).
     #[arg(long, short = 's', default_value = subject::METRICS_ALL)]
@@ -108,7 +113,8 @@ pub async fn tail(args: TailArgs, mut out: impl Write) -> anyhow::Result<()> {
     };
     if args.from_stream {
         let js = jetstream::new(client.clone());
-        let stream = js.get_stream(&args.stream).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", args.stream))?;
+        let stream =
+            js.get_stream(&args.stream).await.map_err(|e| anyhow::anyhow!("stream {}: {e}", args.stream))?;
         let c = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: args.subject.clone(),
@@ -126,7 +132,8 @@ pub async fn tail(args: TailArgs, mut out: impl Write) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let mut sub = client.subscribe(args.subject.clone()).await.map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
+    let mut sub =
+        client.subscribe(args.subject.clone()).await.map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
     while let Some(m) = sub.next().await {
         if emit(&m.subject, &m.payload)? {
             return Ok(());

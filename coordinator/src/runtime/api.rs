@@ -3,7 +3,7 @@
 //! | Route | |
 //! |---|---|
 //! | `GET /api/v1/jobs` | every managed job: configuration, recommendation, forecast peak, state |
-//! | `GET /api/v1/jobs/{namespace}/{name}` | one job: current configuration, forecast with band, model summary, recent decisions with explanations, agents, stored decisions (`?decisions=N`), intents, stored observations (`?observations_minutes=M`) |
+//! | `GET /api/v1/jobs/{namespace}/{name}` | one job: current configuration, forecast with band, model summary, recent decisions with explanations, agents, stored decisions (`?decisions=N`), intents, stored observation buckets as `history` (`?observations_minutes=M`) |
 //! | `POST /api/v1/jobs/{namespace}/{name}/recommend` | a dry run: what the controller would decide now; applies nothing |
 //! | `GET /healthz` | liveness: 200 while the process serves |
 //! | `GET /readyz` | 200 when NATS, the consumer and the store are healthy; 503 with the reasons (and the degraded mode) otherwise |
@@ -174,7 +174,8 @@ pub struct JobDetail {
     pub agents: Vec<AgentHeartbeat>,
     pub decisions: Vec<DecisionRecord>,
     pub intents: Vec<IntentRecord>,
-    pub observations: Vec<ObservationRow>,
+    /// Stored observation buckets (`?observations_minutes=M`).
+    pub history: Vec<ObservationRow>,
 }
 
 async fn job(
@@ -192,7 +193,7 @@ async fn job(
         n => s.store.decisions(&key, n).await.unwrap_or_default(),
     };
     let intents = s.store.intents(&key, 20).await.unwrap_or_default();
-    let observations = match q.observations_minutes.unwrap_or(0).min(7 * 24 * 60) {
+    let history = match q.observations_minutes.unwrap_or(0).min(7 * 24 * 60) {
         0 => Vec::new(),
         m => {
             let since = UnixMillis(now.0 - (m as i64) * 60_000);
@@ -200,7 +201,7 @@ async fn job(
         }
     };
     let agents = s.jobs.agents(&key, now, Duration::from_secs(120));
-    Json(JobDetail { view: (*view).clone(), agents, decisions, intents, observations }).into_response()
+    Json(JobDetail { view: (*view).clone(), agents, decisions, intents, history }).into_response()
 }
 
 #[derive(Debug, Serialize)]

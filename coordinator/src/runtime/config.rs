@@ -68,7 +68,7 @@ pub enum BackendKind {
     FlinkRest,
     /// FlinkDeployments of the Flink Kubernetes operator.
     Kubernetes,
-    /// A JSON file per job (see `backend::file`).
+    /// A JSON file per job under `file_backend.dir` (GitOps hand-off, tests).
     File,
 }
 
@@ -463,7 +463,8 @@ pub fn load(
             "nothing: set `mode` at the top level (or per job in [[jobs]])",
         )));
     }
-    let mut config: CoordinatorConfig = raw.try_deserialize().map_err(|e| ConfigError::Load(e.to_string()))?;
+    let mut config: CoordinatorConfig =
+        raw.try_deserialize().map_err(|e| ConfigError::Load(e.to_string()))?;
     overrides.apply(&mut config);
     config.validate().map_err(ConfigError::Invalid)?;
     warnings.extend(config.warnings());
@@ -503,13 +504,7 @@ pub fn known_keys() -> BTreeSet<String> {
     out
 }
 
-fn check_duration(
-    errs: &mut ValidationErrors,
-    key: &str,
-    d: Duration,
-    min: Duration,
-    max: Duration,
-) {
+fn check_duration(errs: &mut ValidationErrors, key: &str, d: Duration, min: Duration, max: Duration) {
     if d < min || d > max {
         errs.push(
             key,
@@ -568,7 +563,11 @@ impl CoordinatorConfig {
         }
         for ns in &self.namespaces {
             if !is_dns_label(ns) {
-                errs.push("namespaces", format!("{ns:?}"), "Kubernetes namespace names (lowercase RFC 1123 labels)");
+                errs.push(
+                    "namespaces",
+                    format!("{ns:?}"),
+                    "Kubernetes namespace names (lowercase RFC 1123 labels)",
+                );
             }
         }
         match (&self.nats_user, &self.nats_password) {
@@ -594,12 +593,20 @@ impl CoordinatorConfig {
         if let Some(p) = &self.nats_inbox_prefix
             && (p.is_empty() || p.contains(['*', '>', ' ']) || p.ends_with('.'))
         {
-            errs.push("nats_inbox_prefix", format!("{p:?}"), "a subject prefix without wildcards, e.g. _INBOX_demeter");
+            errs.push(
+                "nats_inbox_prefix",
+                format!("{p:?}"),
+                "a subject prefix without wildcards, e.g. _INBOX_demeter",
+            );
         }
         if let Some(t) = &self.api_token
             && t.expose().chars().count() < 16
         {
-            errs.push("api_token", format!("(secret of {} characters)", t.expose().chars().count()), "at least 16 characters");
+            errs.push(
+                "api_token",
+                format!("(secret of {} characters)", t.expose().chars().count()),
+                "at least 16 characters",
+            );
         }
         check_range(&mut errs, "max_jobs", self.max_jobs, 1, 100_000);
         check_duration(
@@ -624,12 +631,26 @@ impl CoordinatorConfig {
 
         // [stream]
         if !is_nats_name(&self.stream.name) {
-            errs.push("stream.name", format!("{:?}", self.stream.name), "a stream name without spaces, `.`, `*`, `>`");
+            errs.push(
+                "stream.name",
+                format!("{:?}", self.stream.name),
+                "a stream name without spaces, `.`, `*`, `>`",
+            );
         }
         if self.stream.subjects.is_empty() || self.stream.subjects.iter().any(|s| s.trim().is_empty()) {
-            errs.push("stream.subjects", format!("{:?}", self.stream.subjects), "one or more non-empty subjects");
+            errs.push(
+                "stream.subjects",
+                format!("{:?}", self.stream.subjects),
+                "one or more non-empty subjects",
+            );
         }
-        check_duration(&mut errs, "stream.max_age", self.stream.max_age, Duration::from_secs(60), Duration::from_secs(30 * 86_400));
+        check_duration(
+            &mut errs,
+            "stream.max_age",
+            self.stream.max_age,
+            Duration::from_secs(60),
+            Duration::from_secs(30 * 86_400),
+        );
         if self.stream.max_bytes != -1 && self.stream.max_bytes < 1 << 20 {
             errs.push("stream.max_bytes", self.stream.max_bytes, "-1 (unlimited) or at least 1048576");
         }
@@ -638,30 +659,82 @@ impl CoordinatorConfig {
         // [ingest]
         let i = &self.ingest;
         if !is_nats_name(&i.consumer) {
-            errs.push("ingest.consumer", format!("{:?}", i.consumer), "a consumer name without spaces, `.`, `*`, `>`");
+            errs.push(
+                "ingest.consumer",
+                format!("{:?}", i.consumer),
+                "a consumer name without spaces, `.`, `*`, `>`",
+            );
         }
-        check_duration(&mut errs, "ingest.ack_wait", i.ack_wait, Duration::from_secs(10), Duration::from_secs(3600));
+        check_duration(
+            &mut errs,
+            "ingest.ack_wait",
+            i.ack_wait,
+            Duration::from_secs(10),
+            Duration::from_secs(3600),
+        );
         check_range(&mut errs, "ingest.max_ack_pending", i.max_ack_pending, 1, 1_000_000);
         if i.max_deliver != -1 && !(2..=1000).contains(&i.max_deliver) {
             errs.push("ingest.max_deliver", i.max_deliver, "-1 (unlimited) or 2..=1000");
         }
         check_range(&mut errs, "ingest.fetch_batch", i.fetch_batch, 1, 10_000);
-        check_duration(&mut errs, "ingest.replay_window", i.replay_window, Duration::ZERO, Duration::from_secs(86_400));
-        check_duration(&mut errs, "ingest.max_backoff", i.max_backoff, Duration::from_millis(100), Duration::from_secs(600));
+        check_duration(
+            &mut errs,
+            "ingest.replay_window",
+            i.replay_window,
+            Duration::ZERO,
+            Duration::from_secs(86_400),
+        );
+        check_duration(
+            &mut errs,
+            "ingest.max_backoff",
+            i.max_backoff,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
 
         // [store]
         let s = &self.store;
         let max_snapshot = (i.ack_wait / 3).max(Duration::from_secs(1));
-        check_duration(&mut errs, "store.snapshot_interval", s.snapshot_interval, Duration::from_millis(200), max_snapshot);
-        check_duration(&mut errs, "store.retention", s.retention, Duration::from_secs(3600), Duration::from_secs(3650 * 86_400));
-        check_duration(&mut errs, "store.observation_bucket", s.observation_bucket, Duration::from_secs(1), Duration::from_secs(3600));
+        check_duration(
+            &mut errs,
+            "store.snapshot_interval",
+            s.snapshot_interval,
+            Duration::from_millis(200),
+            max_snapshot,
+        );
+        check_duration(
+            &mut errs,
+            "store.retention",
+            s.retention,
+            Duration::from_secs(3600),
+            Duration::from_secs(3650 * 86_400),
+        );
+        check_duration(
+            &mut errs,
+            "store.observation_bucket",
+            s.observation_bucket,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        );
 
         // [aggregator]
         check_range(&mut errs, "aggregator.stale_after_ms", self.aggregator.stale_after_ms, 100, 600_000);
-        check_range(&mut errs, "aggregator.max_batch_age_ms", self.aggregator.max_batch_age_ms, 1_000, 86_400_000);
+        check_range(
+            &mut errs,
+            "aggregator.max_batch_age_ms",
+            self.aggregator.max_batch_age_ms,
+            1_000,
+            86_400_000,
+        );
 
         // [file_backend]
-        check_duration(&mut errs, "file_backend.apply_delay", self.file_backend.apply_delay, Duration::ZERO, Duration::from_secs(3600));
+        check_duration(
+            &mut errs,
+            "file_backend.apply_delay",
+            self.file_backend.apply_delay,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        );
 
         // [controller] and [[jobs]]
         let base_ok = self.controller.validate().is_ok();
@@ -670,13 +743,25 @@ impl CoordinatorConfig {
         for (n, j) in self.jobs.iter().enumerate() {
             let p = format!("jobs[{n}].");
             if !is_dns_label(&j.namespace) {
-                errs.push(format!("{p}namespace"), format!("{:?}", j.namespace), "a Kubernetes namespace name");
+                errs.push(
+                    format!("{p}namespace"),
+                    format!("{:?}", j.namespace),
+                    "a Kubernetes namespace name",
+                );
             }
             if j.name.is_empty() || j.name.len() > 253 {
-                errs.push(format!("{p}name"), format!("{:?}", j.name), "a non-empty name of at most 253 characters");
+                errs.push(
+                    format!("{p}name"),
+                    format!("{:?}", j.name),
+                    "a non-empty name of at most 253 characters",
+                );
             }
             if !seen.insert(j.key()) {
-                errs.push(format!("{p}name"), format!("{:?}", j.name), format!("one [[jobs]] entry per job ({} is repeated)", j.key()));
+                errs.push(
+                    format!("{p}name"),
+                    format!("{:?}", j.name),
+                    format!("one [[jobs]] entry per job ({} is repeated)", j.key()),
+                );
             }
             if let Some(q) = &j.quota {
                 prefixed(&mut errs, &p, q.validate());
@@ -714,13 +799,16 @@ impl CoordinatorConfig {
             }
         }
         if self.mode == Mode::Apply && self.backend == BackendKind::None {
-            w.push("mode is apply but backend is none, which cannot apply anything: running recommend-only".into());
+            w.push(
+                "mode is apply but backend is none, which cannot apply anything: running recommend-only"
+                    .into(),
+            );
         }
-        if self.leader_election.enabled {
+        if self.leader_election.enabled && self.backend != BackendKind::Kubernetes {
             w.push(format!(
-                "leader_election.enabled is set (lease {}), but this build does not implement leader election: \
-                 run exactly one replica",
-                self.leader_election.lease_name
+                "leader_election.enabled is set (lease {}), but only the kubernetes backend elects a leader \
+                 (backend is {}): run exactly one replica",
+                self.leader_election.lease_name, self.backend
             ));
         }
         w
@@ -736,7 +824,11 @@ impl CoordinatorConfig {
     pub fn mode_for(&self, key: &JobKey, backend_mode: Option<Mode>) -> Mode {
         let job = self.job_override(key).and_then(|j| j.mode);
         let all = [Some(self.mode), job, backend_mode];
-        if all.iter().flatten().any(|m| *m == Mode::RecommendOnly) { Mode::RecommendOnly } else { Mode::Apply }
+        if all.iter().flatten().any(|m| *m == Mode::RecommendOnly) {
+            Mode::RecommendOnly
+        } else {
+            Mode::Apply
+        }
     }
 
     /// The controller settings of one job: `[controller]` with the job's overrides.
@@ -877,13 +969,16 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_types_are_errors_with_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let err = load(Some(&write(&dir, "nats_ulr = \"x\"\n")), Vec::new(), Overrides::default()).unwrap_err();
+        let err =
+            load(Some(&write(&dir, "nats_ulr = \"x\"\n")), Vec::new(), Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("nats_ulr"), "{err}");
-        let err = load(Some(&write(&dir, "[ingest]\nack_wait = \"soon\"\n")), Vec::new(), Overrides::default())
-            .unwrap_err();
+        let err =
+            load(Some(&write(&dir, "[ingest]\nack_wait = \"soon\"\n")), Vec::new(), Overrides::default())
+                .unwrap_err();
         assert!(err.to_string().contains("ack_wait"), "{err}");
-        let err = load(Some(&write(&dir, "[controller]\nmode = \"apply\"\n")), Vec::new(), Overrides::default())
-            .unwrap_err();
+        let err =
+            load(Some(&write(&dir, "[controller]\nmode = \"apply\"\n")), Vec::new(), Overrides::default())
+                .unwrap_err();
         assert!(err.to_string().contains("controller.mode"), "{err}");
     }
 
@@ -988,7 +1083,7 @@ mod tests {
         let l = load(Some(&file), Vec::new(), Overrides::default()).unwrap();
         assert_eq!(l.config.nats_inbox_prefix.as_deref(), Some("_INBOX_demeter_coordinator"));
         assert_eq!(l.config.stream.max_bytes, 1 << 30);
-        assert!(l.warnings.iter().any(|w| w.contains("leader election")), "{:?}", l.warnings);
+        assert!(l.warnings.iter().any(|w| w.contains("elects a leader")), "{:?}", l.warnings);
     }
 
     #[test]

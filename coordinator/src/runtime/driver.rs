@@ -94,7 +94,10 @@ impl Ack for async_nats::jetstream::message::Acker {
 
 /// What a driver is sent.
 pub enum DriverMsg {
-    Batch { batch: Box<MetricBatch>, ack: Option<Box<dyn Ack>> },
+    Batch {
+        batch: Box<MetricBatch>,
+        ack: Option<Box<dyn Ack>>,
+    },
     /// A dry run (`POST .../recommend`).
     Recommend(oneshot::Sender<DecisionRecord>),
     /// Answered once every message sent before it has been handled (tests, benches, tools).
@@ -106,7 +109,9 @@ pub enum DriverMsg {
 impl std::fmt::Debug for DriverMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DriverMsg::Batch { batch, .. } => write!(f, "Batch({} seq {})", batch.source.taskmanager_id, batch.agent_seq),
+            DriverMsg::Batch { batch, .. } => {
+                write!(f, "Batch({} seq {})", batch.source.taskmanager_id, batch.agent_seq)
+            }
             DriverMsg::Recommend(_) => f.write_str("Recommend"),
             DriverMsg::Sync(_) => f.write_str("Sync"),
             DriverMsg::Shutdown(_) => f.write_str("Shutdown"),
@@ -217,7 +222,11 @@ pub struct JobClock {
 
 impl JobClock {
     pub fn new(start: UnixMillis, replay_window: Duration) -> Self {
-        JobClock { last: start, event: None, window_ms: replay_window.as_millis().min(i64::MAX as u128) as i64 }
+        JobClock {
+            last: start,
+            event: None,
+            window_ms: replay_window.as_millis().min(i64::MAX as u128) as i64,
+        }
     }
 
     /// A batch collected at `at` arrived.
@@ -249,9 +258,19 @@ struct PendingAck {
 }
 
 enum Completion {
-    Reconfigured { r: Reconfiguration, result: BackendResult<ReconfigReport>, running: Option<JobConfig> },
-    Profiled { run_id: u64, result: BackendResult<PerfSample> },
-    Stopped { run_id: u64, result: BackendResult<()> },
+    Reconfigured {
+        r: Box<Reconfiguration>,
+        result: BackendResult<ReconfigReport>,
+        running: Option<JobConfig>,
+    },
+    Profiled {
+        run_id: u64,
+        result: BackendResult<PerfSample>,
+    },
+    Stopped {
+        run_id: u64,
+        result: BackendResult<()>,
+    },
     Current(BackendResult<JobConfig>),
 }
 
@@ -313,6 +332,40 @@ pub fn reason_label(record: &DecisionRecord) -> String {
     record.decision.reason.label().to_string()
 }
 
+/// Asks the backend what runs after an interrupted reconfiguration.
+async fn reconcile_reconfiguration(backend: &Arc<dyn Backend>, key: &JobKey, r: &Reconfiguration) -> Outcome {
+    let mut last_err = None;
+    for attempt in 0..3u32 {
+        match tokio::time::timeout(QUERY_TIMEOUT, backend.current_config(key)).await {
+            Ok(Ok(running)) if running == r.to => {
+                return Outcome::ReconfigApplied { id: r.id, downtime_s: 0.0 };
+            }
+            Ok(Ok(running)) => {
+                return Outcome::ReconfigFailed {
+                    id: r.id,
+                    running,
+                    reason: "interrupted by a coordinator restart; the job does not run the target".into(),
+                };
+            }
+            Ok(Err(e @ BackendError::Unsupported { .. })) => {
+                last_err = Some(e.to_string());
+                break;
+            }
+            Ok(Err(e)) => last_err = Some(e.to_string()),
+            Err(_) => last_err = Some("timed out".into()),
+        }
+        tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+    }
+    Outcome::ReconfigFailed {
+        id: r.id,
+        running: r.from,
+        reason: format!(
+            "interrupted by a coordinator restart; the backend could not tell what runs ({}); assuming the previous configuration",
+            last_err.unwrap_or_default()
+        ),
+    }
+}
+
 impl JobDriver {
     /// Restores the job's controller from the store (or creates it from the backend's, the
     /// configured or the default current configuration) and reconciles what was in flight.
@@ -327,10 +380,8 @@ impl JobDriver {
         let mut view = JobView::new(&key, settings.controller.mode, shared.backend.name());
         let mut cfg = settings.controller.clone();
         cfg.profiling_enabled &= shared.backend.can_profile();
-        if !shared.backend.can_apply() {
-            cfg.mode = Mode::RecommendOnly;
-        }
-        // Start in recommend-only; `check_mode` switches to apply once the runtime allows it.
+        // Start in recommend-only; `check_mode` switches to apply once the job's mode, the
+        // backend and the runtime's health allow it.
         cfg.mode = Mode::RecommendOnly;
 
         let mut restored = None;
@@ -338,7 +389,8 @@ impl JobDriver {
             Ok(Some(row)) => match serde_json::from_str::<ControllerState>(&row.state) {
                 Ok(state) => restored = Some((state, row)),
                 Err(e) => {
-                    let msg = format!("the stored controller state of {key} cannot be read ({e}); starting afresh");
+                    let msg =
+                        format!("the stored controller state of {key} cannot be read ({e}); starting afresh");
                     tracing::error!(job = %key, error = %e, "{msg}");
                     view.last_error = Some(msg);
                 }
@@ -358,7 +410,9 @@ impl JobDriver {
                 (Controller::restore(cfg, state), clock, row.observations, row.last_obs_at)
             }
             None => {
-                let current = match tokio::time::timeout(QUERY_TIMEOUT, shared.backend.current_config(&key)).await {
+                let current = match tokio::time::timeout(QUERY_TIMEOUT, shared.backend.current_config(&key))
+                    .await
+                {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
                         if !matches!(e, BackendError::Unsupported { .. }) {
@@ -414,6 +468,9 @@ impl JobDriver {
             settings,
             shared,
         };
+        let cur = d.controller.current();
+        d.shared.metrics.job_current_cpu_cores.get_or_create(&d.labels).set(cur.total_cpu());
+        d.shared.metrics.job_current_memory_mb.get_or_create(&d.labels).set(cur.total_memory_mb() as f64);
         d.reconcile().await;
         d.check_external_change_once().await;
         d.check_mode();
@@ -474,7 +531,11 @@ impl JobDriver {
                 let now = self.clock.now(UnixMillis::now());
                 let t = Instant::now();
                 let rec = self.controller.recommend(now);
-                self.shared.metrics.model_fit_seconds.get_or_create(&self.labels).observe(t.elapsed().as_secs_f64());
+                self.shared
+                    .metrics
+                    .model_fit_seconds
+                    .get_or_create(&self.labels)
+                    .observe(t.elapsed().as_secs_f64());
                 let _ = reply.send(rec);
                 false
             }
@@ -523,8 +584,10 @@ impl JobDriver {
 
     async fn poll_observations(&mut self, now: UnixMillis) {
         while let Some(obs) = self.aggregator.poll_observation(now) {
-            if self.last_obs_at.is_some_and(|l| obs.at <= l) {
-                // Already absorbed by the restored state (a redelivered batch).
+            // The aggregator emits at most one observation per second: a second the state has
+            // absorbed already (before a restart, from batches now redelivered) is not counted
+            // again.
+            if self.last_obs_at.is_some_and(|l| obs.at.0.div_euclid(1000) <= l.0.div_euclid(1000)) {
                 continue;
             }
             self.absorb(now, obs).await;
@@ -636,28 +699,31 @@ impl JobDriver {
         m.job_current_memory_mb.get_or_create(&self.labels).set(cur.total_memory_mb() as f64);
     }
 
-    async fn handle_action(&mut self, a: Action) {
-        match a {
-            Action::Reconfigure(r) => self.start_reconfigure(r).await,
-            Action::StartProfiling(run) => self.start_profiling(run).await,
-            Action::StopProfiling { run_id } => {
-                let (backend, key) = (self.shared.backend.clone(), self.key.clone());
-                self.record_outcome(
-                    IntentKind::Profiling,
-                    run_id,
-                    false,
-                    &Outcome::ProfileFailed { run_id, reason: "stopped: no result in time".into() },
-                );
-                self.inflight.push(Box::pin(async move {
-                    let result = backend.stop_profiling(&key, run_id).await;
-                    Completion::Stopped { run_id, result }
-                }));
-            }
-            Action::Recommend(d) => {
-                tracing::info!(job = %self.key, from = %self.controller.current(), to = %d.target,
+    /// Boxed: carrying an action out feeds an outcome back, which may produce another action.
+    fn handle_action(&mut self, a: Action) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match a {
+                Action::Reconfigure(r) => self.start_reconfigure(r).await,
+                Action::StartProfiling(run) => self.start_profiling(run).await,
+                Action::StopProfiling { run_id } => {
+                    let (backend, key) = (self.shared.backend.clone(), self.key.clone());
+                    self.record_outcome(
+                        IntentKind::Profiling,
+                        run_id,
+                        false,
+                        &Outcome::ProfileFailed { run_id, reason: "stopped: no result in time".into() },
+                    );
+                    self.inflight.push(Box::pin(async move {
+                        let result = backend.stop_profiling(&key, run_id).await;
+                        Completion::Stopped { run_id, result }
+                    }));
+                }
+                Action::Recommend(d) => {
+                    tracing::info!(job = %self.key, from = %self.controller.current(), to = %d.target,
                     "recommendation (recommend-only: not applied)");
+                }
             }
-        }
+        })
     }
 
     /// Feeds an outcome into the controller, records it, and checkpoints at once.
@@ -683,7 +749,7 @@ impl JobDriver {
                 tracing::warn!(job = %self.key, id = r.id, "reconfiguration id already recorded; not applying it again");
                 let outcome = match rec.outcome.and_then(|o| serde_json::from_value::<Outcome>(o.body).ok()) {
                     Some(o) => o,
-                    None => self.reconcile_reconfiguration(&r).await,
+                    None => reconcile_reconfiguration(&self.shared.backend, &self.key, &r).await,
                 };
                 let ok = matches!(outcome, Outcome::ReconfigApplied { .. });
                 self.feed_outcome(IntentKind::Reconfigure, r.id, ok, outcome).await;
@@ -693,19 +759,31 @@ impl JobDriver {
             Err(e) => {
                 let reason = format!("not applied: cannot check the store ({e})");
                 let running = r.from;
-                self.feed_outcome(IntentKind::Reconfigure, r.id, false, Outcome::ReconfigFailed { id: r.id, running, reason })
-                    .await;
+                self.feed_outcome(
+                    IntentKind::Reconfigure,
+                    r.id,
+                    false,
+                    Outcome::ReconfigFailed { id: r.id, running, reason },
+                )
+                .await;
                 return;
             }
         }
         let body = serde_json::to_value(&r).unwrap_or(serde_json::Value::Null);
-        self.cp.intents.push(Intent { kind: IntentKind::Reconfigure, id: r.id, created_at: UnixMillis::now(), body });
+        self.cp.intents.push(Intent {
+            kind: IntentKind::Reconfigure,
+            id: r.id,
+            created_at: UnixMillis::now(),
+            body,
+        });
         let blocked = self.shared.health.apply_blocked().or_else(|| {
-            (self.settings.controller.mode != Mode::Apply).then(|| "the job is in recommend-only mode".to_string())
+            (self.settings.controller.mode != Mode::Apply)
+                .then(|| "the job is in recommend-only mode".to_string())
         });
         if let Some(why) = blocked {
             tracing::warn!(job = %self.key, id = r.id, %why, "reconfiguration not applied");
-            let outcome = Outcome::ReconfigFailed { id: r.id, running: r.from, reason: format!("not applied: {why}") };
+            let outcome =
+                Outcome::ReconfigFailed { id: r.id, running: r.from, reason: format!("not applied: {why}") };
             self.feed_outcome(IntentKind::Reconfigure, r.id, false, outcome).await;
             return;
         }
@@ -723,7 +801,8 @@ impl JobDriver {
         self.reconfig_in_flight = Some(r.id);
         let (backend, key) = (self.shared.backend.clone(), self.key.clone());
         self.inflight.push(Box::pin(async move {
-            let result = match tokio::time::timeout(RECONFIGURE_TIMEOUT, backend.reconfigure(&key, &r)).await {
+            let result = match tokio::time::timeout(RECONFIGURE_TIMEOUT, backend.reconfigure(&key, &r)).await
+            {
                 Ok(r) => r,
                 Err(_) => Err(BackendError::Transient(format!(
                     "no result after {}",
@@ -732,25 +811,36 @@ impl JobDriver {
             };
             let running = match &result {
                 Ok(_) => None,
-                Err(_) => tokio::time::timeout(QUERY_TIMEOUT, backend.current_config(&key)).await.ok().and_then(Result::ok),
+                Err(_) => tokio::time::timeout(QUERY_TIMEOUT, backend.current_config(&key))
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
             };
-            Completion::Reconfigured { r, result, running }
+            Completion::Reconfigured { r: Box::new(r), result, running }
         }));
     }
 
     async fn start_profiling(&mut self, run: ProfilingRun) {
         self.shared.metrics.profiling_runs.get_or_create(&self.labels).inc();
         let body = serde_json::to_value(&run).unwrap_or(serde_json::Value::Null);
-        self.cp.intents.push(Intent { kind: IntentKind::Profiling, id: run.run_id, created_at: UnixMillis::now(), body });
+        self.cp.intents.push(Intent {
+            kind: IntentKind::Profiling,
+            id: run.run_id,
+            created_at: UnixMillis::now(),
+            body,
+        });
         let blocked = self.shared.health.apply_blocked();
         if let Some(why) = blocked {
-            let outcome = Outcome::ProfileFailed { run_id: run.run_id, reason: format!("not started: {why}") };
+            let outcome =
+                Outcome::ProfileFailed { run_id: run.run_id, reason: format!("not started: {why}") };
             self.feed_outcome(IntentKind::Profiling, run.run_id, false, outcome).await;
             return;
         }
         if !self.flush(true).await {
-            let outcome =
-                Outcome::ProfileFailed { run_id: run.run_id, reason: "not started: the intent could not be persisted".into() };
+            let outcome = Outcome::ProfileFailed {
+                run_id: run.run_id,
+                reason: "not started: the intent could not be persisted".into(),
+            };
             self.feed_outcome(IntentKind::Profiling, run.run_id, false, outcome).await;
             return;
         }
@@ -795,7 +885,9 @@ impl JobDriver {
             Completion::Current(result) => {
                 self.poll_in_flight = false;
                 match result {
-                    Ok(config) if config != self.controller.current() && self.reconfig_in_flight.is_none() => {
+                    Ok(config)
+                        if config != self.controller.current() && self.reconfig_in_flight.is_none() =>
+                    {
                         if self.controller.status().in_flight.is_none() {
                             tracing::info!(job = %self.key, from = %self.controller.current(), to = %config,
                                 "the job's configuration changed outside Demeter");
@@ -808,45 +900,13 @@ impl JobDriver {
                     }
                     Ok(_) => {}
                     Err(BackendError::Unsupported { .. }) => self.poll_enabled = false,
-                    Err(e) => tracing::debug!(job = %self.key, error = %e, "cannot read the job's configuration"),
+                    Err(e) => {
+                        tracing::debug!(job = %self.key, error = %e, "cannot read the job's configuration")
+                    }
                 }
             }
         }
         self.view_dirty = true;
-    }
-
-    /// Asks the backend what runs after an interrupted reconfiguration.
-    async fn reconcile_reconfiguration(&self, r: &Reconfiguration) -> Outcome {
-        let mut last_err = None;
-        for attempt in 0..3u32 {
-            match tokio::time::timeout(QUERY_TIMEOUT, self.shared.backend.current_config(&self.key)).await {
-                Ok(Ok(running)) if running == r.to => {
-                    return Outcome::ReconfigApplied { id: r.id, downtime_s: 0.0 };
-                }
-                Ok(Ok(running)) => {
-                    return Outcome::ReconfigFailed {
-                        id: r.id,
-                        running,
-                        reason: "interrupted by a coordinator restart; the job does not run the target".into(),
-                    };
-                }
-                Ok(Err(e @ BackendError::Unsupported { .. })) => {
-                    last_err = Some(e.to_string());
-                    break;
-                }
-                Ok(Err(e)) => last_err = Some(e.to_string()),
-                Err(_) => last_err = Some("timed out".into()),
-            }
-            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-        }
-        Outcome::ReconfigFailed {
-            id: r.id,
-            running: r.from,
-            reason: format!(
-                "interrupted by a coordinator restart; the backend could not tell what runs ({}); assuming the previous configuration",
-                last_err.unwrap_or_default()
-            ),
-        }
     }
 
     /// Gives every action the restored controller has in flight its outcome: the stored one if
@@ -863,14 +923,19 @@ impl JobDriver {
             };
             let (outcome, fresh) = match outcome {
                 Some(o) => (o, false),
-                None => (self.reconcile_reconfiguration(&r).await, true),
+                None => (reconcile_reconfiguration(&self.shared.backend, &self.key, &r).await, true),
             };
             tracing::info!(job = %self.key, id = r.id, outcome = ?outcome, "reconciled a reconfiguration interrupted by a restart");
             let ok = matches!(outcome, Outcome::ReconfigApplied { .. });
             if fresh {
                 if stored.is_none() {
                     let body = serde_json::to_value(&r).unwrap_or(serde_json::Value::Null);
-                    self.cp.intents.push(Intent { kind: IntentKind::Reconfigure, id: r.id, created_at: f.since, body });
+                    self.cp.intents.push(Intent {
+                        kind: IntentKind::Reconfigure,
+                        id: r.id,
+                        created_at: f.since,
+                        body,
+                    });
                 }
                 self.feed_outcome(IntentKind::Reconfigure, r.id, ok, outcome).await;
             } else {
@@ -888,16 +953,28 @@ impl JobDriver {
             }
             if stored.is_none() {
                 let body = serde_json::to_value(&p.run).unwrap_or(serde_json::Value::Null);
-                self.cp.intents.push(Intent { kind: IntentKind::Profiling, id: run_id, created_at: p.since, body });
+                self.cp.intents.push(Intent {
+                    kind: IntentKind::Profiling,
+                    id: run_id,
+                    created_at: p.since,
+                    body,
+                });
             }
-            let outcome = Outcome::ProfileFailed { run_id, reason: "interrupted by a coordinator restart".into() };
+            let outcome =
+                Outcome::ProfileFailed { run_id, reason: "interrupted by a coordinator restart".into() };
             self.feed_outcome(IntentKind::Profiling, run_id, false, outcome).await;
         }
         // Intents the state does not know (cannot happen with atomic checkpoints; kept honest).
         if let Ok(open) = store.open_intents(&self.key).await {
             for i in open {
                 let body = serde_json::json!({"abandoned": "not in flight in the restored state"});
-                self.cp.outcomes.push(OutcomeRow { kind: i.kind, id: i.id, at: UnixMillis::now(), ok: false, body });
+                self.cp.outcomes.push(OutcomeRow {
+                    kind: i.kind,
+                    id: i.id,
+                    at: UnixMillis::now(),
+                    ok: false,
+                    body,
+                });
             }
             if !self.cp.outcomes.is_empty() {
                 self.flush(true).await;
@@ -910,7 +987,8 @@ impl JobDriver {
         if !self.view.restored || self.controller.status().in_flight.is_some() {
             return;
         }
-        if let Ok(Ok(config)) = tokio::time::timeout(QUERY_TIMEOUT, self.shared.backend.current_config(&self.key)).await
+        if let Ok(Ok(config)) =
+            tokio::time::timeout(QUERY_TIMEOUT, self.shared.backend.current_config(&self.key)).await
             && config != self.controller.current()
         {
             tracing::info!(job = %self.key, from = %self.controller.current(), to = %config,
@@ -1015,7 +1093,11 @@ impl JobDriver {
                     true
                 }
                 Err((e, mut back)) => {
-                    self.shared.metrics.store_errors.get_or_create(&ErrorLabels { error_type: e.kind().into() }).inc();
+                    self.shared
+                        .metrics
+                        .store_errors
+                        .get_or_create(&ErrorLabels { error_type: e.kind().into() })
+                        .inc();
                     self.shared.health.refresh();
                     tracing::warn!(job = %self.key, error = %e, "checkpoint failed; keeping it in memory to retry");
                     self.view.last_error = Some(format!("checkpoint failed: {e}"));
@@ -1045,12 +1127,12 @@ impl JobDriver {
         back.intents.extend(newer.intents);
         back.outcomes.extend(newer.outcomes);
         // History beyond the bound is dropped oldest first; intents and outcomes never are.
-        let trim = |v: &mut Vec<_>| {
+        fn trim<T>(v: &mut Vec<T>) {
             if v.len() > MAX_UNCOMMITTED {
                 let n = v.len() - MAX_UNCOMMITTED;
                 v.drain(..n);
             }
-        };
+        }
         trim(&mut back.observations);
         trim(&mut back.samples);
         trim(&mut back.decisions);

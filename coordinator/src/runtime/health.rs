@@ -7,9 +7,9 @@
 
 use demeter_core::controller::Mode;
 use serde::Serialize;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use super::metrics::Metrics;
 use super::store::{Store, StoreStatus};
@@ -26,6 +26,9 @@ pub struct Readiness {
     pub consumer_ready: bool,
     pub store: StoreStatus,
     pub backend: &'static str,
+    /// `leader`, or `standby` while another replica leads (a standby consumes nothing, applies
+    /// nothing and is ready to take over).
+    pub role: &'static str,
     pub reasons: Vec<String>,
 }
 
@@ -39,12 +42,19 @@ pub struct Health {
     consumer_ready: AtomicBool,
     nats_error: Mutex<Option<String>>,
     degraded: AtomicBool,
+    standby: AtomicBool,
     store: Store,
     metrics: Arc<Metrics>,
 }
 
 impl Health {
-    pub fn new(mode: Mode, backend: &'static str, backend_can_apply: bool, store: Store, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        mode: Mode,
+        backend: &'static str,
+        backend_can_apply: bool,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let h = Health {
             mode,
             backend,
@@ -53,6 +63,7 @@ impl Health {
             consumer_ready: AtomicBool::new(false),
             nats_error: Mutex::new(None),
             degraded: AtomicBool::new(false),
+            standby: AtomicBool::new(false),
             store,
             metrics,
         };
@@ -67,7 +78,10 @@ impl Health {
             if connected {
                 tracing::info!("connected to NATS");
             } else {
-                tracing::warn!(error = error.as_deref().unwrap_or("connection lost"), "disconnected from NATS");
+                tracing::warn!(
+                    error = error.as_deref().unwrap_or("connection lost"),
+                    "disconnected from NATS"
+                );
             }
         }
         self.refresh();
@@ -84,6 +98,12 @@ impl Health {
         self.refresh();
     }
 
+    /// Standing by while another replica leads.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::SeqCst);
+        self.refresh();
+    }
+
     pub fn nats_connected(&self) -> bool {
         self.nats_connected.load(Ordering::SeqCst)
     }
@@ -96,6 +116,10 @@ impl Health {
 
     fn reasons(&self, for_apply: bool) -> Vec<String> {
         let mut r = Vec::new();
+        let standby = self.standby.load(Ordering::SeqCst);
+        if standby && for_apply {
+            r.push("standing by: another replica leads".to_string());
+        }
         if for_apply {
             if self.mode != Mode::Apply {
                 r.push("mode is recommend-only".to_string());
@@ -104,7 +128,9 @@ impl Health {
                 r.push(format!("backend `{}` cannot apply", self.backend));
             }
         }
-        if !self.nats_connected.load(Ordering::SeqCst) {
+        if standby {
+            // A standby neither consumes nor needs NATS; only its store matters.
+        } else if !self.nats_connected.load(Ordering::SeqCst) {
             let e = self.nats_error.lock().expect("health lock").clone();
             r.push(format!("NATS disconnected{}", e.map(|e| format!(" ({e})")).unwrap_or_default()));
         } else if !self.consumer_ready.load(Ordering::SeqCst) {
@@ -125,7 +151,7 @@ impl Health {
         self.metrics.store_healthy.set(store_ok as i64);
         let blocked = self.reasons(false);
         let apply_possible = self.mode == Mode::Apply && self.backend_can_apply;
-        self.metrics.apply_enabled.set((apply_possible && blocked.is_empty()) as i64);
+        self.metrics.apply_enabled.set(self.reasons(true).is_empty() as i64);
         let degraded = !blocked.is_empty();
         let before = self.degraded.swap(degraded, Ordering::SeqCst);
         if apply_possible && degraded && !before {
@@ -139,8 +165,12 @@ impl Health {
         self.refresh();
         let reasons = self.reasons(false);
         let ready = reasons.is_empty();
-        let effective_mode =
-            if ready && self.mode == Mode::Apply && self.backend_can_apply { Mode::Apply } else { Mode::RecommendOnly };
+        let standby = self.standby.load(Ordering::SeqCst);
+        let effective_mode = if ready && !standby && self.mode == Mode::Apply && self.backend_can_apply {
+            Mode::Apply
+        } else {
+            Mode::RecommendOnly
+        };
         Readiness {
             ready,
             mode: self.mode,
@@ -149,6 +179,7 @@ impl Health {
             consumer_ready: self.consumer_ready.load(Ordering::SeqCst),
             store: self.store.status(),
             backend: self.backend,
+            role: if standby { "standby" } else { "leader" },
             reasons,
         }
     }

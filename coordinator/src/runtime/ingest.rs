@@ -70,9 +70,9 @@ impl NatsSettings {
 
     async fn options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
         let mut o = match &self.creds {
-            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot read the NATS credentials file {}: {e}", path.display()))?,
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path).await.map_err(|e| {
+                anyhow::anyhow!("cannot read the NATS credentials file {}: {e}", path.display())
+            })?,
             None => async_nats::ConnectOptions::new(),
         };
         if let (Some(u), Some(p)) = (&self.user, &self.password) {
@@ -113,8 +113,12 @@ impl NatsSettings {
             async move {
                 match ev {
                     async_nats::Event::Connected => h.set_nats_connected(true, None),
-                    async_nats::Event::Disconnected => h.set_nats_connected(false, Some("connection lost".into())),
-                    async_nats::Event::Closed => h.set_nats_connected(false, Some("connection closed".into())),
+                    async_nats::Event::Disconnected => {
+                        h.set_nats_connected(false, Some("connection lost".into()))
+                    }
+                    async_nats::Event::Closed => {
+                        h.set_nats_connected(false, Some("connection closed".into()))
+                    }
                     async_nats::Event::ServerError(e) => {
                         tracing::warn!(error = %e, "NATS server error");
                     }
@@ -133,6 +137,15 @@ impl NatsSettings {
     }
 }
 
+/// Whether a server version string (`2.10.24`, `2.15.1-beta`) is at least `major.minor`.
+pub fn server_at_least(version: &str, major: u64, minor: u64) -> bool {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']).map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
 /// Exponential backoff from 100 ms, capped.
 pub fn backoff(attempts: usize, max: Duration) -> Duration {
     let exp = attempts.min(16) as u32;
@@ -143,13 +156,16 @@ pub fn backoff(attempts: usize, max: Duration) -> Duration {
 pub async fn ensure_stream(js: &jetstream::Context, s: &StreamConfig) -> anyhow::Result<stream::Stream> {
     match js.get_stream(&s.name).await {
         Ok(mut st) => {
-            let info = st.info().await.map_err(|e| anyhow::anyhow!("cannot read stream {}: {e}", s.name))?.clone();
+            let info =
+                st.info().await.map_err(|e| anyhow::anyhow!("cannot read stream {}: {e}", s.name))?.clone();
             let mut want = info.config.clone();
             want.max_age = s.max_age;
             want.max_bytes = s.max_bytes;
             if want.max_age != info.config.max_age || want.max_bytes != info.config.max_bytes {
                 tracing::info!(stream = %s.name, max_age = ?s.max_age, max_bytes = s.max_bytes, "updating the stream's limits");
-                js.update_stream(want).await.map_err(|e| anyhow::anyhow!("cannot update stream {}: {e}", s.name))?;
+                js.update_stream(want)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot update stream {}: {e}", s.name))?;
             }
             for subj in &s.subjects {
                 if !info.config.subjects.contains(subj) {
@@ -159,7 +175,9 @@ pub async fn ensure_stream(js: &jetstream::Context, s: &StreamConfig) -> anyhow:
             }
             Ok(st)
         }
-        Err(e) if !s.create => Err(anyhow::anyhow!("stream {} is not available ({e}) and stream.create is false", s.name)),
+        Err(e) if !s.create => {
+            Err(anyhow::anyhow!("stream {} is not available ({e}) and stream.create is false", s.name))
+        }
         Err(_) => {
             let cfg = stream::Config {
                 name: s.name.clone(),
@@ -175,18 +193,28 @@ pub async fn ensure_stream(js: &jetstream::Context, s: &StreamConfig) -> anyhow:
                 description: Some("Demeter agents' metric batches (MessagePack)".into()),
                 ..Default::default()
             };
-            js.get_or_create_stream(cfg).await.map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", s.name))
+            js.get_or_create_stream(cfg)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", s.name))
         }
     }
 }
 
 /// The durable pull consumer, created or updated.
+///
+/// With `resume_in_order` (at process start), a consumer left with unacknowledged deliveries by
+/// a previous process (a crash) is rewound to its ack floor, so that those batches come again at
+/// once and in stream order, ahead of newer ones; otherwise the server would redeliver them only
+/// after `ack_wait`, behind newer batches, and the aggregator would have to reject them as late.
+/// Servers ≥ 2.14 reset the consumer (ADR-60); older ones get it recreated from the ack floor.
 pub async fn ensure_consumer(
     st: &stream::Stream,
     i: &IngestConfig,
     filters: Vec<String>,
+    resume_in_order: bool,
+    server_can_reset: bool,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    let cfg = consumer::pull::Config {
+    let mut cfg = consumer::pull::Config {
         durable_name: Some(i.consumer.clone()),
         description: Some("Demeter coordinator".into()),
         ack_policy: consumer::AckPolicy::Explicit,
@@ -197,6 +225,32 @@ pub async fn ensure_consumer(
         filter_subjects: filters,
         ..Default::default()
     };
+    if let Ok(info) = st.consumer_info(&i.consumer).await {
+        // The deliver policy of an existing consumer cannot change.
+        cfg.deliver_policy = info.config.deliver_policy;
+        if resume_in_order && info.num_ack_pending > 0 {
+            let start = info.ack_floor.stream_sequence + 1;
+            let reset = if server_can_reset {
+                st.reset_consumer(&i.consumer, None).await.map_err(|e| e.to_string())
+            } else {
+                Err("server older than 2.14".to_string())
+            };
+            match reset {
+                Ok(_) => {
+                    tracing::info!(consumer = %i.consumer, unacknowledged = info.num_ack_pending, from = start,
+                    "rewound the consumer to its ack floor: unacknowledged batches are redelivered first")
+                }
+                Err(e) => {
+                    tracing::info!(consumer = %i.consumer, error = %e, from = start,
+                        "the server cannot reset consumers; recreating the consumer from its ack floor");
+                    st.delete_consumer(&i.consumer)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot delete consumer {}: {e}", i.consumer))?;
+                    cfg.deliver_policy = consumer::DeliverPolicy::ByStartSequence { start_sequence: start };
+                }
+            }
+        }
+    }
     st.create_consumer(cfg).await.map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", i.consumer))
 }
 
@@ -232,13 +286,17 @@ impl Ingest {
         let js = jetstream::new(self.client.clone());
         let max = self.cfg.ingest.max_backoff;
         let mut attempt = 0usize;
+        // Only the first setup of this process rewinds the consumer: later ones (after a lost
+        // consumer) must not, because this process still holds deliveries it will acknowledge.
+        let mut first = true;
         loop {
             if *stop.borrow() {
                 return;
             }
             let consumer = async {
                 let st = ensure_stream(&js, &self.cfg.stream).await?;
-                ensure_consumer(&st, &self.cfg.ingest, filters_for(&self.cfg)).await
+                let can_reset = server_at_least(&self.client.server_info().version, 2, 14);
+                ensure_consumer(&st, &self.cfg.ingest, filters_for(&self.cfg), first, can_reset).await
             }
             .await;
             let consumer = match consumer {
@@ -272,6 +330,7 @@ impl Ingest {
                 }
             };
             attempt = 0;
+            first = false;
             self.health.set_consumer_ready(true, None);
             tracing::info!(stream = %self.cfg.stream.name, consumer = %self.cfg.ingest.consumer, "consuming metric batches");
             loop {
@@ -397,6 +456,16 @@ mod tests {
         assert_eq!(backoff(0, max), Duration::from_millis(100));
         assert_eq!(backoff(3, max), Duration::from_millis(800));
         assert_eq!(backoff(60, max), max);
+    }
+
+    #[test]
+    fn server_versions_compare_by_major_and_minor() {
+        assert!(server_at_least("2.15.1", 2, 14));
+        assert!(server_at_least("2.14.0-beta.1", 2, 14));
+        assert!(!server_at_least("2.10.24", 2, 14));
+        assert!(!server_at_least("2.9.10", 2, 14));
+        assert!(server_at_least("3.0.0", 2, 14));
+        assert!(!server_at_least("", 2, 14));
     }
 
     #[test]

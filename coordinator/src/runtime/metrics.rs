@@ -124,7 +124,11 @@ impl Metrics {
             managed_jobs: Gauge::default(),
             registry: Registry::default(),
         };
-        r.register("demeter_job_input_rate", "Offered input rate of the job (records/s)", m.job_input_rate.clone());
+        r.register(
+            "demeter_job_input_rate",
+            "Offered input rate of the job (records/s)",
+            m.job_input_rate.clone(),
+        );
         r.register(
             "demeter_job_forecast_rate",
             "Forecast input rate over the decision horizon (records/s)",
@@ -135,37 +139,65 @@ impl Metrics {
             "Upper band of the forecast input rate (records/s)",
             m.job_forecast_upper_rate.clone(),
         );
-        r.register("demeter_job_current_cpu_cores", "CPU cores of the running configuration", m.job_current_cpu_cores.clone());
+        r.register(
+            "demeter_job_current_cpu_cores",
+            "CPU cores of the running configuration",
+            m.job_current_cpu_cores.clone(),
+        );
         r.register(
             "demeter_job_recommended_cpu_cores",
             "CPU cores of the configuration the last decision chose",
             m.job_recommended_cpu_cores.clone(),
         );
-        r.register("demeter_job_current_memory_mb", "Memory (MiB) of the running configuration", m.job_current_memory_mb.clone());
+        r.register(
+            "demeter_job_current_memory_mb",
+            "Memory (MiB) of the running configuration",
+            m.job_current_memory_mb.clone(),
+        );
         r.register(
             "demeter_job_recommended_memory_mb",
             "Memory (MiB) of the configuration the last decision chose",
             m.job_recommended_memory_mb.clone(),
         );
-        r.register("demeter_job_latency_p95_ms", "Observed p95 latency of the job (ms)", m.job_latency_p95_ms.clone());
+        r.register(
+            "demeter_job_latency_p95_ms",
+            "Observed p95 latency of the job (ms)",
+            m.job_latency_p95_ms.clone(),
+        );
         r.register("demeter_decisions", "Decisions taken, by reason", m.decisions.clone());
         r.register("demeter_profiling_runs", "Profiling runs started", m.profiling_runs.clone());
-        r.register("demeter_reconfigurations", "Reconfigurations finished, by result", m.reconfigurations.clone());
+        r.register(
+            "demeter_reconfigurations",
+            "Reconfigurations finished, by result",
+            m.reconfigurations.clone(),
+        );
         r.register(
             "demeter_model_fit_seconds",
             "Duration of controller calls that refitted the performance model and decided",
             m.model_fit_seconds.clone(),
         );
         r.register("demeter_ingest_batches", "Metric batches received from NATS", m.ingest_batches.clone());
-        r.register("demeter_ingest_samples", "Samples in the metric batches received", m.ingest_samples.clone());
-        r.register("demeter_ingest_rejected", "Metric batches rejected, by error type", m.ingest_rejected.clone());
+        r.register(
+            "demeter_ingest_samples",
+            "Samples in the metric batches received",
+            m.ingest_samples.clone(),
+        );
+        r.register(
+            "demeter_ingest_rejected",
+            "Metric batches rejected, by error type",
+            m.ingest_rejected.clone(),
+        );
         r.register(
             "demeter_ingest_lag_seconds",
             "Age of the newest metric batch when it was received",
             m.ingest_lag_seconds.clone(),
         );
         r.register("demeter_nats_connected", "1 while connected to NATS", m.nats_connected.clone());
-        r.register("demeter_store_healthy", "1 while the SQLite store accepts writes", m.store_healthy.clone());
+        r.register(
+            "demeter_store_healthy",
+            "1 while the SQLite store accepts writes",
+            m.store_healthy.clone(),
+        );
         r.register("demeter_store_errors", "Failed store writes, by error type", m.store_errors.clone());
         r.register(
             "demeter_apply_enabled",
@@ -183,7 +215,8 @@ impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -197,8 +230,16 @@ mod tests {
         let m = Metrics::new();
         let l = JobLabels { namespace: "flink".into(), job: "cars".into() };
         m.job_input_rate.get_or_create(&l).set(1000.0);
+        m.job_forecast_rate.get_or_create(&l).set(1100.0);
+        m.job_forecast_upper_rate.get_or_create(&l).set(1300.0);
+        m.job_recommended_memory_mb.get_or_create(&l).set(8192.0);
+        m.job_latency_p95_ms.get_or_create(&l).set(800.0);
         m.decisions
-            .get_or_create(&DecisionLabels { namespace: "flink".into(), job: "cars".into(), reason: "keep".into() })
+            .get_or_create(&DecisionLabels {
+                namespace: "flink".into(),
+                job: "cars".into(),
+                reason: "keep".into(),
+            })
             .inc();
         m.profiling_runs.get_or_create(&l).inc();
         m.model_fit_seconds.get_or_create(&l).observe(0.02);
@@ -216,9 +257,10 @@ mod tests {
             "demeter_ingest_lag_seconds",
             "demeter_nats_connected 1",
             "demeter_store_healthy",
-            "# TYPE demeter_job_forecast_upper_rate gauge",
-            "# TYPE demeter_job_recommended_memory_mb gauge",
-            "# TYPE demeter_job_latency_p95_ms gauge",
+            "demeter_job_forecast_rate{namespace=\"flink\",job=\"cars\"} 1100.0",
+            "demeter_job_forecast_upper_rate{namespace=\"flink\",job=\"cars\"} 1300.0",
+            "demeter_job_recommended_memory_mb{namespace=\"flink\",job=\"cars\"} 8192.0",
+            "demeter_job_latency_p95_ms{namespace=\"flink\",job=\"cars\"} 800.0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

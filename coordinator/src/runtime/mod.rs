@@ -135,8 +135,11 @@ impl Jobs {
         }
         let (tx, rx) = mpsc::channel(DRIVER_INBOX);
         let settings = self.settings_for(&key);
-        let (view_tx, view_rx) =
-            watch::channel(Arc::new(JobView::new(&key, settings.controller.mode, self.shared.backend.name())));
+        let (view_tx, view_rx) = watch::channel(Arc::new(JobView::new(
+            &key,
+            settings.controller.mode,
+            self.shared.backend.name(),
+        )));
         let this = self.clone();
         let k = key.clone();
         let supervisor = tokio::spawn(async move { this.supervise(k, settings, rx, view_tx).await });
@@ -156,33 +159,34 @@ impl Jobs {
     ) {
         let mut restarts = 0u32;
         loop {
-            let driver = match JobDriver::start(settings.clone(), self.shared.clone(), rx, view_tx.clone()).await {
-                Ok(d) => d,
-                Err((DriverExit::Failed(msg), mut rx)) => {
-                    tracing::error!(job = %key, error = %msg, "job not managed");
-                    // Keep answering: batches are acknowledged (there is nothing to keep them for).
-                    while let Some(m) = rx.recv().await {
-                        match m {
-                            DriverMsg::Batch { ack, .. } => {
-                                self.shared.metrics.reject("job_failed");
-                                if let Some(a) = ack {
-                                    a.ack().await;
+            let driver =
+                match JobDriver::start(settings.clone(), self.shared.clone(), rx, view_tx.clone()).await {
+                    Ok(d) => d,
+                    Err((DriverExit::Failed(msg), mut rx)) => {
+                        tracing::error!(job = %key, error = %msg, "job not managed");
+                        // Keep answering: batches are acknowledged (there is nothing to keep them for).
+                        while let Some(m) = rx.recv().await {
+                            match m {
+                                DriverMsg::Batch { ack, .. } => {
+                                    self.shared.metrics.reject("job_failed");
+                                    if let Some(a) = ack {
+                                        a.ack().await;
+                                    }
+                                }
+                                DriverMsg::Recommend(_) => {}
+                                DriverMsg::Sync(done) => {
+                                    let _ = done.send(());
+                                }
+                                DriverMsg::Shutdown(done) => {
+                                    let _ = done.send(());
+                                    return;
                                 }
                             }
-                            DriverMsg::Recommend(_) => {}
-                            DriverMsg::Sync(done) => {
-                                let _ = done.send(());
-                            }
-                            DriverMsg::Shutdown(done) => {
-                                let _ = done.send(());
-                                return;
-                            }
                         }
+                        return;
                     }
-                    return;
-                }
-                Err((DriverExit::Stopped, _)) => return,
-            };
+                    Err((DriverExit::Stopped, _)) => return,
+                };
             match tokio::spawn(driver.run()).await {
                 Ok(_) => return,
                 Err(e) => {
@@ -222,7 +226,9 @@ impl Jobs {
                     keys.push(j.key);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, backend = self.shared.backend.name(), "cannot list the backend's jobs"),
+            Err(e) => {
+                tracing::warn!(error = %e, backend = self.shared.backend.name(), "cannot list the backend's jobs")
+            }
         }
         keys.sort();
         keys.dedup();
@@ -310,8 +316,14 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> 
             "store unavailable: running recommend-only (state is not persisted until this is fixed)");
     }
     let backend = backend::build(&cfg)?;
-    let health = Arc::new(Health::new(cfg.mode, backend.name(), backend.can_apply(), store.clone(), metrics.clone()));
-    let shared = Shared { store: store.clone(), backend: backend.clone(), metrics: metrics.clone(), health: health.clone() };
+    let health =
+        Arc::new(Health::new(cfg.mode, backend.name(), backend.can_apply(), store.clone(), metrics.clone()));
+    let shared = Shared {
+        store: store.clone(),
+        backend: backend.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
     let jobs = Jobs::new(cfg.clone(), shared);
 
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr())
@@ -340,6 +352,29 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> 
     tracing::info!(listen = %cfg.listen, mode = ?cfg.mode, backend = backend.name(), nats = %cfg.nats_url,
         data_dir = %cfg.data_dir.display(), "coordinator started");
 
+    // With several replicas only the leader consumes and acts; the others serve probes.
+    let shutdown = shutdown;
+    tokio::pin!(shutdown);
+    let mut leadership = backend.leadership();
+    if let Some(rx) = leadership.as_mut()
+        && !*rx.borrow()
+    {
+        health.set_standby(true);
+        tracing::info!("standing by: another replica leads");
+        let elected = tokio::select! {
+            r = rx.wait_for(|l| *l) => r.is_ok(),
+            _ = &mut shutdown => false,
+        };
+        if !elected {
+            let _ = stop_tx.send(true);
+            let _ = api.await;
+            tracing::info!("stopped while standing by");
+            return Ok(());
+        }
+        health.set_standby(false);
+        tracing::info!("elected leader: consuming metrics and running the controllers");
+    }
+
     jobs.start_known().await;
 
     let client = ingest::NatsSettings::from_config(&cfg).connect_supervised(health.clone()).await?;
@@ -352,9 +387,24 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> 
     };
     let ingest_task = tokio::spawn(ingest.clone().run(stop_rx.clone()));
     let heartbeat_task = tokio::spawn(ingest.heartbeats(stop_rx.clone()));
-    let maintenance = tokio::spawn(maintain(store.clone(), health.clone(), cfg.store.retention, stop_rx.clone()));
+    let maintenance =
+        tokio::spawn(maintain(store.clone(), health.clone(), cfg.store.retention, stop_rx.clone()));
 
-    shutdown.await;
+    let lost_leadership = async {
+        match leadership.as_mut() {
+            Some(rx) => {
+                let _ = rx.wait_for(|l| !*l).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let lost = tokio::select! {
+        _ = &mut shutdown => false,
+        _ = lost_leadership => true,
+    };
+    if lost {
+        tracing::error!("lost the leadership: checkpointing and exiting, to come back as a standby");
+    }
     tracing::info!("shutting down: checkpointing every job");
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
@@ -367,6 +417,9 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> 
     maintenance.abort();
     let _ = api.await;
     tracing::info!("stopped");
+    if lost {
+        anyhow::bail!("lost the leadership");
+    }
     Ok(())
 }
 

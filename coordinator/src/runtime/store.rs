@@ -133,7 +133,9 @@ pub enum StoreError {
     CannotOpen(String),
     #[error("I/O error: {0}")]
     Io(String),
-    #[error("the database schema is version {found}, newer than the {known} this build knows; refusing to touch it")]
+    #[error(
+        "the database schema is version {found}, newer than the {known} this build knows; refusing to touch it"
+    )]
     TooNew { found: i64, known: i64 },
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
@@ -371,7 +373,10 @@ fn open_rw(path: &Path) -> StoreResult<Connection> {
 }
 
 fn open_ro(path: &Path) -> StoreResult<Connection> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     configure(&conn)?;
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if v != MIGRATIONS.len() as i64 {
@@ -412,7 +417,9 @@ impl Store {
             Ok(c) => (Some(c), StoreStatus::ok(path)),
             Err(e) => {
                 let ro = match &e {
-                    StoreError::ReadOnly(_) | StoreError::CannotOpen(_) | StoreError::Io(_) if path.exists() => {
+                    StoreError::ReadOnly(_) | StoreError::CannotOpen(_) | StoreError::Io(_)
+                        if path.exists() =>
+                    {
                         open_ro(path).ok()
                     }
                     _ => None,
@@ -422,7 +429,11 @@ impl Store {
             }
         };
         Store {
-            inner: Arc::new(Inner { path: path.to_path_buf(), conn: Mutex::new(conn), status: Mutex::new(status) }),
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                conn: Mutex::new(conn),
+                status: Mutex::new(status),
+            }),
         }
     }
 
@@ -477,10 +488,9 @@ impl Store {
         f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let this = self.clone();
-        let r = tokio::task::spawn_blocking(move || this.with_blocking(write, f))
+        tokio::task::spawn_blocking(move || this.with_blocking(write, f))
             .await
-            .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?;
-        r
+            .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
     }
 
     /// The synchronous core of every operation; exposed for benches and tools.
@@ -530,7 +540,8 @@ impl Store {
     pub async fn jobs(&self) -> StoreResult<Vec<JobKey>> {
         self.with(false, |conn| {
             let mut st = conn.prepare("SELECT namespace, name FROM jobs ORDER BY namespace, name")?;
-            let rows = st.query_map([], |r| Ok(JobKey::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let rows =
+                st.query_map([], |r| Ok(JobKey::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -626,13 +637,23 @@ impl Store {
     }
 
     /// Observation buckets of a job since `since`, oldest first.
-    pub async fn observations(&self, job: &JobKey, since: UnixMillis, limit: usize) -> StoreResult<Vec<ObservationRow>> {
+    pub async fn observations(
+        &self,
+        job: &JobKey,
+        since: UnixMillis,
+        limit: usize,
+    ) -> StoreResult<Vec<ObservationRow>> {
         let job = job.clone();
         self.with(false, move |conn| observations_q(conn, &job, since, limit)).await
     }
 
     /// Blocking variant of [`Store::observations`].
-    pub fn observations_blocking(&self, job: &JobKey, since: UnixMillis, limit: usize) -> StoreResult<Vec<ObservationRow>> {
+    pub fn observations_blocking(
+        &self,
+        job: &JobKey,
+        since: UnixMillis,
+        limit: usize,
+    ) -> StoreResult<Vec<ObservationRow>> {
         self.with_blocking(false, |conn| observations_q(conn, job, since, limit))
     }
 
@@ -641,7 +662,9 @@ impl Store {
         self.with(true, move |conn| {
             let tx = conn.transaction()?;
             let mut n = 0;
-            for (table, col) in [("observations", "bucket"), ("samples", "at"), ("decisions", "at"), ("forecasts", "at")] {
+            for (table, col) in
+                [("observations", "bucket"), ("samples", "at"), ("decisions", "at"), ("forecasts", "at")]
+            {
                 n += tx.execute(&format!("DELETE FROM {table} WHERE {col} < ?1"), params![ms(before)])?;
             }
             tx.commit()?;
@@ -661,7 +684,8 @@ impl Store {
             }
             {
                 let mut guard = this.inner.conn.lock().expect("store connection lock");
-                let needs_reopen = guard.as_ref().is_none_or(|c| c.is_readonly(rusqlite::MAIN_DB).unwrap_or(true));
+                let needs_reopen =
+                    guard.as_ref().is_none_or(|c| c.is_readonly(rusqlite::MAIN_DB).unwrap_or(true));
                 if needs_reopen {
                     match open_rw(&this.inner.path) {
                         Ok(c) => *guard = Some(c),
@@ -684,7 +708,13 @@ impl Store {
 
 impl StoreStatus {
     fn ok(path: &Path) -> Self {
-        StoreStatus { healthy: true, path: path.to_path_buf(), error: None, error_kind: None, recoverable: true }
+        StoreStatus {
+            healthy: true,
+            path: path.to_path_buf(),
+            error: None,
+            error_kind: None,
+            recoverable: true,
+        }
     }
 
     fn failed(path: &Path, e: &StoreError, recoverable: bool) -> Self {
@@ -743,7 +773,10 @@ fn commit_tx(conn: &mut Connection, job: &JobKey, cp: &Checkpoint) -> StoreResul
             "INSERT INTO samples (namespace, name, at, origin, sample) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for s in &cp.samples {
-            let origin = serde_json::to_value(s.origin).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let origin = serde_json::to_value(s.origin)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
             st.execute(params![ns, name, ms(s.at), origin, json(s)?])?;
         }
     }
@@ -757,8 +790,9 @@ fn commit_tx(conn: &mut Connection, job: &JobKey, cp: &Checkpoint) -> StoreResul
         }
     }
     {
-        let mut st =
-            tx.prepare_cached("INSERT INTO forecasts (namespace, name, at, forecast) VALUES (?1, ?2, ?3, ?4)")?;
+        let mut st = tx.prepare_cached(
+            "INSERT INTO forecasts (namespace, name, at, forecast) VALUES (?1, ?2, ?3, ?4)",
+        )?;
         for (at, f) in &cp.forecasts {
             st.execute(params![ns, name, ms(*at), f])?;
         }
@@ -768,7 +802,14 @@ fn commit_tx(conn: &mut Connection, job: &JobKey, cp: &Checkpoint) -> StoreResul
             "INSERT INTO intents (namespace, name, kind, id, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         for i in &cp.intents {
-            st.execute(params![ns, name, i.kind.as_str(), i.id as i64, ms(i.created_at), i.body.to_string()])?;
+            st.execute(params![
+                ns,
+                name,
+                i.kind.as_str(),
+                i.id as i64,
+                ms(i.created_at),
+                i.body.to_string()
+            ])?;
         }
     }
     {
@@ -847,7 +888,12 @@ fn intents_q(
     Ok(out)
 }
 
-fn observations_q(conn: &Connection, job: &JobKey, since: UnixMillis, limit: usize) -> StoreResult<Vec<ObservationRow>> {
+fn observations_q(
+    conn: &Connection,
+    job: &JobKey,
+    since: UnixMillis,
+    limit: usize,
+) -> StoreResult<Vec<ObservationRow>> {
     let mut st = conn.prepare_cached(
         "SELECT bucket, n, offered_sum, throughput_sum, lag_last, p95_sum, p95_n, busy_sum, backpressure_sum,
                 cpu_sum, memory_sum, taskmanagers_max
@@ -904,7 +950,8 @@ mod tests {
         drop(s);
         let s = Store::open(&path);
         assert!(s.healthy());
-        let v: i64 = s.with_blocking(false, |c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)).unwrap();
+        let v: i64 =
+            s.with_blocking(false, |c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)).unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
         let mode: String =
             s.with_blocking(false, |c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?)).unwrap();
@@ -1013,6 +1060,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_disk_makes_the_store_unhealthy_until_a_write_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("d.db"));
+        // SQLite's page limit stands in for a full disk: the same SQLITE_FULL error.
+        let pages: i64 = s.with_blocking(false, |c| Ok(c.query_row("PRAGMA page_count", [], |r| r.get(0))?)).unwrap();
+        s.with_blocking(false, |c| {
+            c.pragma_update(None, "max_page_count", pages)?;
+            Ok(())
+        })
+        .unwrap();
+        let big = Checkpoint {
+            snapshot: Some(SnapshotRow {
+                state: StateBlob::Json(format!("\"{}\"", "x".repeat(1 << 20))),
+                last_obs_at: None,
+                observations: 0,
+                saved_at: UnixMillis(1),
+            }),
+            ..Default::default()
+        };
+        let (err, back) = s.commit(&job(), big).await.unwrap_err();
+        assert_eq!(err.kind(), "full", "{err}");
+        assert!(back.snapshot.is_some(), "the checkpoint comes back for a retry");
+        let st = s.status();
+        assert!(!st.healthy && st.recoverable);
+        assert!(st.error.unwrap().contains("disk is full"));
+        // Space is freed: the probe succeeds and the store is healthy again.
+        s.with_blocking(false, |c| {
+            c.pragma_update(None, "max_page_count", 1_000_000)?;
+            Ok(())
+        })
+        .unwrap();
+        s.probe().await.unwrap();
+        assert!(s.healthy());
+        s.commit(&job(), back).await.map_err(|e| e.0).unwrap();
+        assert!(s.load_snapshot(&job()).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn open_intents_are_those_without_outcome() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("d.db"));
@@ -1022,9 +1107,21 @@ mod tests {
             created_at: UnixMillis(id as i64),
             body: serde_json::json!({"run_id": id}),
         };
-        s.commit(&job(), Checkpoint { intents: vec![intent(1), intent(2)], ..Default::default() }).await.map_err(|e| e.0).unwrap();
-        let out = OutcomeRow { kind: IntentKind::Profiling, id: 1, at: UnixMillis(5), ok: false, body: serde_json::json!("x") };
-        s.commit(&job(), Checkpoint { outcomes: vec![out], ..Default::default() }).await.map_err(|e| e.0).unwrap();
+        s.commit(&job(), Checkpoint { intents: vec![intent(1), intent(2)], ..Default::default() })
+            .await
+            .map_err(|e| e.0)
+            .unwrap();
+        let out = OutcomeRow {
+            kind: IntentKind::Profiling,
+            id: 1,
+            at: UnixMillis(5),
+            ok: false,
+            body: serde_json::json!("x"),
+        };
+        s.commit(&job(), Checkpoint { outcomes: vec![out], ..Default::default() })
+            .await
+            .map_err(|e| e.0)
+            .unwrap();
         let open = s.open_intents(&job()).await.unwrap();
         assert_eq!(open.len(), 1);
         assert_eq!(open[0].id, 2);

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 use async_nats::jetstream;
-use demeter_common::wire::{ContainerSample, JvmSample, LatencySample, OperatorSample, Source, SubtaskId, TaskSample};
+use demeter_common::wire::{
+    ContainerSample, JvmSample, LatencySample, OperatorSample, Source, SubtaskId, TaskSample,
+};
 use demeter_common::{MetricBatch, SCHEMA_VERSION, Sample, UnixMillis};
 use demeter_testkit::{free_port, http_get, wait_until};
 use std::path::{Path, PathBuf};
@@ -32,7 +34,8 @@ impl Coordinator {
             .stderr(out)
             .spawn()
             .expect("start demeter-coordinator");
-        let mut c = Coordinator { child: Some(child), port, config: config.to_path_buf(), log: log.to_path_buf() };
+        let mut c =
+            Coordinator { child: Some(child), port, config: config.to_path_buf(), log: log.to_path_buf() };
         let up = wait_until(Duration::from_secs(30), || {
             if let Some(st) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
                 panic!("coordinator exited with {st}:\n{}", c.log_tail(60));
@@ -89,9 +92,19 @@ pub fn api_port() -> u16 {
     free_port()
 }
 
+#[allow(clippy::too_many_arguments)]
 /// One TaskManager's batch for one second of a job that reads `rate` records/s. `overloaded`
 /// makes it busy, back-pressured, lagging and far above the latency bound.
-pub fn batch(ns: &str, job: &str, tm: &str, run: &str, seq: u64, at: UnixMillis, rate: f64, overloaded: bool) -> MetricBatch {
+pub fn batch(
+    ns: &str,
+    job: &str,
+    tm: &str,
+    run: &str,
+    seq: u64,
+    at: UnixMillis,
+    rate: f64,
+    overloaded: bool,
+) -> MetricBatch {
     let id = |vid: &str, name: &str| SubtaskId {
         job_id: "0123".into(),
         vertex_id: vid.into(),
@@ -156,7 +169,8 @@ pub fn batch(ns: &str, job: &str, tm: &str, run: &str, seq: u64, at: UnixMillis,
 
 /// Publishes through JetStream and waits for the stream's acknowledgement.
 pub async fn publish(js: &jetstream::Context, b: &MetricBatch) {
-    let subject = demeter_common::subject::metrics(&b.source.namespace, &b.source.deployment, &b.source.taskmanager_id);
+    let subject =
+        demeter_common::subject::metrics(&b.source.namespace, &b.source.deployment, &b.source.taskmanager_id);
     let id = format!("{}-{}", b.agent_run_id, b.agent_seq);
     let msg = jetstream::message::PublishMessage::build().payload(b.encode().into()).message_id(id);
     js.send_publish(subject, msg).await.expect("publish").await.expect("stream ack");
@@ -171,8 +185,11 @@ pub async fn consumer_state(js: &jetstream::Context) -> (u64, usize, usize) {
 
 /// A read-only look at the coordinator's store.
 pub fn db(data_dir: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(data_dir.join("demeter.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open the store read-only")
+    rusqlite::Connection::open_with_flags(
+        data_dir.join("demeter.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the store read-only")
 }
 
 pub fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
@@ -185,8 +202,11 @@ pub fn http_post(port: u16, path: &str, bearer: Option<&str>) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
-        .expect("write");
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut buf = String::new();
     s.read_to_string(&mut buf).expect("read");
     let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");

@@ -85,20 +85,25 @@
 //!   refits the GP on n − 1 points. Pruning (RGPE v4, α = 0, 20 evaluations), tie splitting, the
 //!   small-target rules and the mean/variance combination (Σ w μ, Σ w² σ², mapped back with the
 //!   target's y-mean and y-std) follow upstream.
-//! - **qNEHVI proposals.** Upstream loops `get_next_trial` (qNEHVI over the 1,200-point grid, with
-//!   invalid or over-budget proposals completed with artificial values) until the 590 s timeout.
-//!   Here the acquisition is a constrained expected hypervolume improvement (2 objectives, reference
-//!   point = upstream's thresholds, Pareto front of the posterior means at the bucket's feasible
-//!   profiles, hard feasibility on sampled constraints) computed once per request with
-//!   [`UpstreamSettings::acq_samples`] common-random-number draws; the top
-//!   [`UpstreamSettings::proposals_per_round`] grid points are proposed in order and accepted by
-//!   upstream's rules. Rejected proposals are skipped instead of being fed back as artificial data.
-//!   Accepted proposals stay pending and condition the next one (their posterior mean joins the
-//!   front, "Kriging believer"); a valid proposal over the budget gets upstream's artificial
-//!   *feasible* values `0.1 · r · thresholds`, which join the front as well. The number of
-//!   proposals per 590 s call is an assumption, not in any log: ≈30 s per proposal (RGPE refit
-//!   with LOOCV and 1024-sample rank weights, qNEHVI optimisation with 20 restarts and 1024 raw
-//!   samples), so 20. It matters: it bounds the size of model-based profiling rounds.
+//! - **GP.** BoTorch 0.6's `FixedNoiseGP` (Matérn-5/2 ARD, constant mean, Gamma priors, fitted by
+//!   `fit_gpytorch_model`) is `demeter_core::gp::Gp`: Matérn-5/2 ARD, the noise variance pinned to
+//!   upstream's value, MAP hyperparameters under log-normal priors moment-matched to BoTorch's
+//!   Gamma(3, 6) lengthscale and Gamma(2, 0.15) outputscale priors, and an integrated constant
+//!   (bias variance 1) instead of a fitted constant mean.
+//! - **qNEHVI proposals.** Upstream loops `get_next_trial` (qNEHVI over the 1,200-point grid) until
+//!   the 590 s timeout. Here each proposal is the grid point (not yet in the bucket's experiment nor
+//!   proposed) with the highest constrained expected hypervolume improvement: 2 objectives,
+//!   reference point = upstream's thresholds, Pareto front of the posterior means at the bucket's
+//!   feasible profiles, hard feasibility of sampled constraints, [`UpstreamSettings::acq_samples`]
+//!   common random draws. As upstream, accepted proposals stay pending and condition the next one
+//!   (here their posterior mean joins the front, "Kriging believer", rather than qNEHVI's
+//!   fantasies), and a valid proposal over the budget is completed with the artificial *feasible*
+//!   values `0.1 · r · thresholds`, which join the front; an invalid proposal (r = 20, infeasible)
+//!   is only skipped: the GP is not refitted with its artificial values. The number of proposals
+//!   per 590 s call is an assumption, not in any log: ≈30 s per proposal (RGPE refit with LOOCV and
+//!   1024-sample rank weights, qNEHVI optimisation with 20 restarts and 1024 raw samples), so
+//!   [`UpstreamSettings::proposals_per_round`] = 20. It bounds the size of model-based profiling
+//!   rounds.
 //! - **Sobol** uses Joe–Kuo direction numbers with a random digital shift seeded per bucket
 //!   (Ax: scrambled torch Sobol seeded with `int(t0 + t1)`), mapped to grid indices by rounding as
 //!   Ax's `IntToFloat` does; the whole grid is walked (Sobol generation is fast enough that upstream
@@ -106,17 +111,26 @@
 //! - **Reference point.** The objective thresholds use upstream's formula with one draw of 100k
 //!   normals from this strategy's generator.
 //! - **Failure injections.** The strategy cannot see the simulator's failure schedule; it detects an
-//!   injected failure from the production observations (see [`FailureDetector`]) and sets `lastTs`
-//!   at the detected onset, up to a few seconds after upstream's injection instant.
+//!   injected failure from the production observations (see [`FailureDetector`]: throughput below
+//!   20 % of the offered rate after ≥ 30 s above 50 %, outside reconfigurations) and sets `lastTs` at
+//!   the detected onset, within a second or two of upstream's injection instant. A failure that hits
+//!   a job already processing less than half its input (heavily overloaded) is not detected.
+//! - **Analytics latency.** A rescale decision is applied at the check instead of ≈4 s later (the
+//!   call's duration); a profiling answer arrives 590 s after its request, with the decision taken
+//!   on the data at the request, as upstream's.
 //! - **Profiling job lifetime.** Each profiling run ends when its own recovery has been measured
 //!   (or censored); upstream deletes all jobs of a round together when the slowest is done, so a
 //!   round's faster jobs cost upstream a little more than here. The round itself ends with its
 //!   slowest job, as upstream's.
 //! - **Invalid samples.** Upstream's request validation rejects a profile with zero throughput or
 //!   latency (HTTP 422, which fails the whole loop iteration). Such profiles are dropped here, and an
-//!   OPTIMIZE check whose production throughput or latency over the last 60 s is zero or missing
-//!   is skipped like the failed call it would be.
+//!   OPTIMIZE check or PROFILE request whose production throughput or latency over the last 60 s is
+//!   zero or missing fails like upstream's call (the OPTIMIZE loop sleeps on, the PROFILE loop
+//!   retries at once).
 //! - Ties in the `comb_obj` sort are broken by candidate order (pandas' quicksort is unstable).
+//!
+//! [`Strategy::forecast_rate`] reports the latest `pred` (forecast peak × 1.10), the number the
+//! decisions use.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -353,7 +367,7 @@ fn savgol(data: &[f64], window: usize, poly: usize) -> Vec<f64> {
         return Vec::new();
     }
     let mut w = window.min(n);
-    if w % 2 == 0 {
+    if w.is_multiple_of(2) {
         w -= 1;
     }
     let p = poly.min(w - 1);
@@ -680,8 +694,12 @@ fn ensemble_forecast(processed: &[f64], max_fit_points: usize) -> Vec<f64> {
     let mut available = vec![false; num_models];
     for (i, avail) in available.iter_mut().enumerate() {
         let stride = (i + 1) * FORECAST_STEP_S;
-        let mut pts: Vec<f64> =
-            (0..).map(|k| k * stride).take_while(|&o| o < n).map(|o| processed[n - 1 - o]).take(max_fit_points).collect();
+        let mut pts: Vec<f64> = (0..)
+            .map(|k| k * stride)
+            .take_while(|&o| o < n)
+            .map(|o| processed[n - 1 - o])
+            .take(max_fit_points)
+            .collect();
         pts.reverse();
         let Some(model) = auto_arima(&pts) else { continue };
         *avail = true;
@@ -796,7 +814,13 @@ struct Encoding {
 }
 
 fn knobs(c: &JobConfig) -> [u64; 5] {
-    [c.checkpoint_interval_ms, c.tm_cpu_milli as u64, c.tm_memory_mb as u64, c.parallelism as u64, c.task_slots as u64]
+    [
+        c.checkpoint_interval_ms,
+        c.tm_cpu_milli as u64,
+        c.tm_memory_mb as u64,
+        c.parallelism as u64,
+        c.task_slots as u64,
+    ]
 }
 
 impl Encoding {
@@ -844,7 +868,7 @@ impl Encoding {
     }
 
     /// The grid configuration at unit-cube point `u` (Ax `IntToFloat` rounding).
-    fn from_unit(&self, u: &[f64; 5]) -> JobConfig {
+    fn config_at(&self, u: &[f64; 5]) -> JobConfig {
         let mut k = [0u64; 5];
         for (d, v) in self.values.iter().enumerate() {
             let idx = (u[d] * (v.len() - 1) as f64).round() as usize;
@@ -871,7 +895,8 @@ struct Sobol5 {
 impl Sobol5 {
     fn new(rng: &mut ChaCha8Rng) -> Self {
         // (s, a, m) for dimensions 2..=5 (new-joe-kuo-6.21201).
-        const PARAMS: [(usize, u32, [u32; 3]); 4] = [(1, 0, [1, 0, 0]), (2, 1, [1, 3, 0]), (3, 1, [1, 3, 1]), (3, 2, [1, 1, 1])];
+        const PARAMS: [(usize, u32, [u32; 3]); 4] =
+            [(1, 0, [1, 0, 0]), (2, 1, [1, 3, 0]), (3, 1, [1, 3, 1]), (3, 2, [1, 1, 1])];
         let mut v = [[0u32; 32]; 5];
         for (k, vk) in v[0].iter_mut().enumerate() {
             *vk = 1u32 << (31 - k);
@@ -905,11 +930,7 @@ impl Sobol5 {
         }
         // First point: 0 ^ shift; afterwards Gray-code order.
         self.n = self.n.wrapping_add(1);
-        let mut u = [0.0; 5];
-        for d in 0..5 {
-            u[d] = (self.x[d] ^ self.shift[d]) as f64 / 4_294_967_296.0;
-        }
-        u
+        std::array::from_fn(|d| (self.x[d] ^ self.shift[d]) as f64 / 4_294_967_296.0)
     }
 }
 
@@ -981,13 +1002,19 @@ fn filter_by_num_init(list: &[(usize, bool)], profiles: &[NormProfile], num_init
 
 fn prepare(raw: &[UpstreamProfile], current: &UpstreamProfile, pred: f64) -> Prepared {
     // Latency normalisation over profiles + current.
-    let mut pts: Vec<(u32, f64, f64)> = raw.iter().map(|p| (p.config.parallelism, p.throughput, p.latency_ms)).collect();
+    let mut pts: Vec<(u32, f64, f64)> =
+        raw.iter().map(|p| (p.config.parallelism, p.throughput, p.latency_ms)).collect();
     pts.push((current.config.parallelism, current.throughput, current.latency_ms));
     let norms = if pts.len() > 1 { normalise_latencies(&pts) } else { vec![0.0] };
     let profiles: Vec<NormProfile> = raw
         .iter()
         .zip(&norms)
-        .map(|(p, &n)| NormProfile { config: p.config, throughput: p.throughput, norm_latency: n, recovery_s: p.recovery_s })
+        .map(|(p, &n)| NormProfile {
+            config: p.config,
+            throughput: p.throughput,
+            norm_latency: n,
+            recovery_s: p.recovery_s,
+        })
         .collect();
     let current = NormProfile {
         config: current.config,
@@ -1123,7 +1150,11 @@ enum TargetModel {
     /// Not enough profiles for a model step: Ax would still be in its Sobol step.
     Sobol,
     Task(TaskModel),
-    Rgpe { supports: Vec<TaskModel>, target: Option<TaskModel>, weights: [Vec<f64>; 4] },
+    Rgpe {
+        supports: Vec<TaskModel>,
+        target: Option<TaskModel>,
+        weights: [Vec<f64>; 4],
+    },
 }
 
 /// A fitted model together with the encoding, to predict configurations.
@@ -1139,9 +1170,9 @@ impl OutcomePredictor for BucketPredictor<'_> {
         match self.model {
             TargetModel::Sobol => {}
             TargetModel::Task(t) => {
-                for o in 0..4 {
-                    for (i, (m, v)) in t.predict_std(o, &x).into_iter().enumerate() {
-                        out[i][o] = (m * t.y_std[o] + t.y_mean[o], v.max(0.0).sqrt() * t.y_std[o]);
+                for (o, (mean, sd)) in t.y_mean.iter().zip(&t.y_std).enumerate() {
+                    for (row, (m, v)) in out.iter_mut().zip(t.predict_std(o, &x)) {
+                        row[o] = (m * sd + mean, v.max(0.0).sqrt() * sd);
                     }
                 }
             }
@@ -1168,7 +1199,9 @@ impl OutcomePredictor for BucketPredictor<'_> {
                     }
                     for i in 0..x.len() {
                         out[i][o] = match target {
-                            Some(t) => (mean_acc[i] * t.y_std[o] + t.y_mean[o], var_acc[i].sqrt() * t.y_std[o]),
+                            Some(t) => {
+                                (mean_acc[i] * t.y_std[o] + t.y_mean[o], var_acc[i].sqrt() * t.y_std[o])
+                            }
                             None => (mean_acc[i], var_acc[i].sqrt()),
                         };
                     }
@@ -1180,7 +1213,12 @@ impl OutcomePredictor for BucketPredictor<'_> {
 }
 
 /// Training data of a bucket: its configs and noisy scores (noise from the bucket's generator).
-fn bucket_training(enc: &Encoding, profiles: &[NormProfile], idx: &[usize], rng: &mut ChaCha8Rng) -> (Vec<[f64; 5]>, [Vec<f64>; 4]) {
+fn bucket_training(
+    enc: &Encoding,
+    profiles: &[NormProfile],
+    idx: &[usize],
+    rng: &mut ChaCha8Rng,
+) -> (Vec<[f64; 5]>, [Vec<f64>; 4]) {
     let mut x = Vec::with_capacity(idx.len());
     let mut y: [Vec<f64>; 4] = Default::default();
     for &i in idx {
@@ -1210,7 +1248,13 @@ fn ranking_loss(f: &[f64], y: &[f64]) -> usize {
 }
 
 /// RGPE rank weights of `supports` and `target` (last) for outcome `o` (`compute_rank_weights`).
-fn rgpe_weights(supports: &[TaskModel], target: &TaskModel, o: usize, samples: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
+fn rgpe_weights(
+    supports: &[TaskModel],
+    target: &TaskModel,
+    o: usize,
+    samples: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<f64> {
     let n = target.x.len();
     let y = &target.y[o];
     let mut losses: Vec<Vec<f64>> = Vec::with_capacity(supports.len() + 1);
@@ -1230,7 +1274,8 @@ fn rgpe_weights(supports: &[TaskModel], target: &TaskModel, o: usize, samples: u
     // Target: leave-one-out models, each compared at all training points.
     let mut loo_posts: Vec<Vec<(f64, f64)>> = Vec::with_capacity(n);
     for i in 0..n {
-        let xs: Vec<[f64; 5]> = target.x.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| *v).collect();
+        let xs: Vec<[f64; 5]> =
+            target.x.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| *v).collect();
         let ys: Vec<f64> = y.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| *v).collect();
         let m = mean(&ys);
         let sd = std_dev(&ys, 1);
@@ -1292,7 +1337,12 @@ fn rgpe_weights(supports: &[TaskModel], target: &TaskModel, o: usize, samples: u
 
 /// Builds the target bucket's model (`_prepare_data` supports + `_get_target_model`).
 /// Returns the model and the number of profiles the target experiment holds.
-fn build_target_model(enc: &Encoding, prep: &Prepared, seed: u64, settings: &UpstreamSettings) -> (TargetModel, Vec<usize>) {
+fn build_target_model(
+    enc: &Encoding,
+    prep: &Prepared,
+    seed: u64,
+    settings: &UpstreamSettings,
+) -> (TargetModel, Vec<usize>) {
     let target_chunk = prep.target_chunk();
     // Support models: buckets strictly above the target, ascending, with ≥ 3 profiles.
     let mut supports = Vec::new();
@@ -1332,11 +1382,9 @@ fn build_target_model(enc: &Encoding, prep: &Prepared, seed: u64, settings: &Ups
     let k = supports.len() + usize::from(target.is_some());
     let uniform = vec![1.0 / k as f64; k];
     let mut weights: [Vec<f64>; 4] = [uniform.clone(), uniform.clone(), uniform.clone(), uniform];
-    if let Some(t) = &target {
-        if idx.len() >= 3 {
-            for (o, w) in weights.iter_mut().enumerate() {
-                *w = rgpe_weights(&supports, t, o, settings.rgpe_samples, &mut rng);
-            }
+    if let Some(t) = target.as_ref().filter(|_| idx.len() >= 3) {
+        for (o, w) in weights.iter_mut().enumerate() {
+            *w = rgpe_weights(&supports, t, o, settings.rgpe_samples, &mut rng);
         }
     }
     for w in weights.iter_mut() {
@@ -1371,7 +1419,8 @@ impl Problem {
         let v_cpu = (max_tms * space.tm_cpu_milli.max as f64 / 1000.0).ln();
         let v_mem = (max_tms * space.tm_memory_mb.max as f64).ln();
         let mut adapt = |v: f64| {
-            let m = (0..100_000).map(|_| rng.sample::<f64, _>(StandardNormal).abs()).fold(0.0, f64::max) * NOISE_SD;
+            let m = (0..100_000).map(|_| rng.sample::<f64, _>(StandardNormal).abs()).fold(0.0, f64::max)
+                * NOISE_SD;
             (1.1 * v).max(v + m)
         };
         Problem {
@@ -1388,7 +1437,8 @@ impl Problem {
     fn passes_constraints(&self, p: &Prediction) -> bool {
         let lat = ((p[2].0 + p[2].1).exp_m1() * CONST_SCALER).ln_1p();
         let rec = ((p[3].0 + p[3].1).exp() * CONST_SCALER).ln();
-        !(lat > self.latency_bound) && !(rec > self.recovery_bound)
+        let over = |v: f64, bound: f64| v.partial_cmp(&bound) == Some(std::cmp::Ordering::Greater);
+        !over(lat, self.latency_bound) && !over(rec, self.recovery_bound)
     }
 
     /// `comb_obj = Σ (mean + σ) / threshold`.
@@ -1402,7 +1452,7 @@ impl Problem {
         let kept: Vec<usize> = (0..preds.len()).filter(|&i| self.passes_constraints(&preds[i])).collect();
         let mut valid = vec![true; kept.len()];
         if kept.len() > 1 {
-            for o in 0..2 {
+            for o in [0, 1] {
                 let means: Vec<f64> = kept.iter().map(|&i| preds[i][o].0).collect();
                 let min = means.iter().copied().fold(f64::INFINITY, f64::min);
                 let floor = (min.exp() * OBJ_SCALER).ln().max(quantile_linear(&means, OBJ_SCALER - 1.0));
@@ -1411,8 +1461,12 @@ impl Problem {
                 }
             }
         }
-        let mut out: Vec<(usize, f64)> =
-            kept.iter().zip(&valid).filter(|(_, v)| **v).map(|(&i, _)| (i, self.comb_obj(&preds[i]))).collect();
+        let mut out: Vec<(usize, f64)> = kept
+            .iter()
+            .zip(&valid)
+            .filter(|(_, v)| **v)
+            .map(|(&i, _)| (i, self.comb_obj(&preds[i])))
+            .collect();
         out.sort_by(|a, b| a.1.total_cmp(&b.1));
         out
     }
@@ -1490,7 +1544,9 @@ pub fn rescale_decision(
     let max_mem = problem.max_cluster_memory_mb - current.total_memory_mb() as f64;
     let cands: Vec<JobConfig> = options
         .iter()
-        .filter(|c| **c != current && Problem::fits(c.total_cpu(), c.total_memory_mb() as f64, max_cpu, max_mem))
+        .filter(|c| {
+            **c != current && Problem::fits(c.total_cpu(), c.total_memory_mb() as f64, max_cpu, max_mem)
+        })
         .copied()
         .collect();
     let preds = model.predict(&cands);
@@ -1525,7 +1581,8 @@ pub fn rescale_decision(
 
 /// 2-D hypervolume (minimisation) of `points` below the reference point.
 fn hypervolume_2d(points: &[(f64, f64)], reference: (f64, f64)) -> f64 {
-    let mut pts: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.0 < reference.0 && p.1 < reference.1).collect();
+    let mut pts: Vec<(f64, f64)> =
+        points.iter().copied().filter(|p| p.0 < reference.0 && p.1 < reference.1).collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
     let mut hv = 0.0;
     let mut min_y = reference.1;
@@ -1587,7 +1644,11 @@ struct SuggestionInput<'a> {
 }
 
 /// `_prepare_optimization_result` + `get_suggestions`: the profiling configurations.
-fn profiling_suggestions(input: &SuggestionInput<'_>, model: &TargetModel, rng: &mut ChaCha8Rng) -> Vec<JobConfig> {
+fn profiling_suggestions(
+    input: &SuggestionInput<'_>,
+    model: &TargetModel,
+    rng: &mut ChaCha8Rng,
+) -> Vec<JobConfig> {
     let n = input.decision.production;
     let p = input.problem;
     let scaler = BASE_FACTOR.powi(input.bucket_configs.len() as i32);
@@ -1645,7 +1706,7 @@ fn profiling_suggestions(input: &SuggestionInput<'_>, model: &TargetModel, rng: 
             let mut draws = 0;
             while proposed.len() < input.enc.grid.len() && draws < max_draws {
                 draws += 1;
-                let c = input.enc.from_unit(&sobol.next_point());
+                let c = input.enc.config_at(&sobol.next_point());
                 if proposed.insert(c) {
                     consider(c, &mut accepted, &mut used_cpu, &mut used_mem);
                 }
@@ -1658,7 +1719,8 @@ fn profiling_suggestions(input: &SuggestionInput<'_>, model: &TargetModel, rng: 
             // artificial values `0.1 · r · thresholds` (feasible), which join the front too; an
             // invalid one gets `r = 20` (infeasible: the front does not change).
             let predictor = BucketPredictor { model, enc: input.enc };
-            let grid: Vec<JobConfig> = input.enc.grid.iter().filter(|c| !proposed.contains(c)).copied().collect();
+            let grid: Vec<JobConfig> =
+                input.enc.grid.iter().filter(|c| !proposed.contains(c)).copied().collect();
             let preds = predictor.predict(&grid);
             let feasible_mean = |q: &Prediction| q[2].0 <= p.latency_bound && q[3].0 <= p.recovery_bound;
             let mut front: Vec<(f64, f64)> = predictor
@@ -1667,12 +1729,15 @@ fn profiling_suggestions(input: &SuggestionInput<'_>, model: &TargetModel, rng: 
                 .filter(|q| feasible_mean(q))
                 .map(|q| (q[0].0, q[1].0))
                 .collect();
-            let z: Vec<[f64; 4]> =
-                (0..input.acq_samples).map(|_| std::array::from_fn(|_| rng.sample::<f64, _>(StandardNormal))).collect();
+            let z: Vec<[f64; 4]> = (0..input.acq_samples)
+                .map(|_| std::array::from_fn(|_| rng.sample::<f64, _>(StandardNormal)))
+                .collect();
             let mut open = vec![true; grid.len()];
             let mut acq = acquisition(&preds, &front, p, &z);
             for _ in 0..input.proposals {
-                let Some(i) = (0..grid.len()).filter(|&i| open[i]).max_by(|&a, &b| acq[a].total_cmp(&acq[b]).then(b.cmp(&a)))
+                let Some(i) = (0..grid.len())
+                    .filter(|&i| open[i])
+                    .max_by(|&a, &b| acq[a].total_cmp(&acq[b]).then(b.cmp(&a)))
                 else {
                     break;
                 };
@@ -1732,7 +1797,13 @@ struct Analytics<'a> {
 }
 
 /// Runs the analytics pipeline for one request.
-fn analyse(a: &Analytics<'_>, profiles: &[UpstreamProfile], current: &UpstreamProfile, pred: f64, with_suggestions: bool) -> UpstreamRequest {
+fn analyse(
+    a: &Analytics<'_>,
+    profiles: &[UpstreamProfile],
+    current: &UpstreamProfile,
+    pred: f64,
+    with_suggestions: bool,
+) -> UpstreamRequest {
     let Analytics { enc, problem, settings, seed, default } = *a;
     let prep = prepare(profiles, current, pred);
     let (model, idx) = build_target_model(enc, &prep, seed, settings);
@@ -1741,7 +1812,14 @@ fn analyse(a: &Analytics<'_>, profiles: &[UpstreamProfile], current: &UpstreamPr
         TargetModel::Sobol => None,
         _ => Some(&predictor),
     };
-    let decision = rescale_decision(dyn_model, prep.current.config, prep.current.norm_latency, default, &enc.options, problem);
+    let decision = rescale_decision(
+        dyn_model,
+        prep.current.config,
+        prep.current.norm_latency,
+        default,
+        &enc.options,
+        problem,
+    );
     let bucket_configs: Vec<JobConfig> = idx.iter().map(|&i| prep.profiles[i].config).collect();
     let suggestions = if with_suggestions {
         let bottlenecked = prep.bottlenecked_at_lower_rates();
@@ -1765,7 +1843,7 @@ fn analyse(a: &Analytics<'_>, profiles: &[UpstreamProfile], current: &UpstreamPr
         TargetModel::Rgpe { supports, .. } => supports.len(),
         _ => 0,
     };
-    let req = UpstreamRequest {
+    UpstreamRequest {
         at_s: 0,
         pred,
         target_bucket: prep.target_chunk(),
@@ -1775,8 +1853,7 @@ fn analyse(a: &Analytics<'_>, profiles: &[UpstreamProfile], current: &UpstreamPr
         decision,
         profile: with_suggestions,
         suggestions,
-    };
-    req
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1827,6 +1904,7 @@ pub struct UpstreamStats {
     pub profile_rounds: u64,
     pub profiling_runs: u64,
     pub detected_failures: u64,
+    /// Requests that failed for want of production metrics (upstream: HTTP 422).
     pub skipped_checks: u64,
 }
 
@@ -1924,10 +2002,8 @@ impl DemeterUpstream {
     }
 
     fn pred(&mut self, t: i64) -> f64 {
-        if let Some((at, v)) = self.forecast_cache {
-            if at == t {
-                return v;
-            }
+        if let Some((_, v)) = self.forecast_cache.filter(|(at, _)| *at == t) {
+            return v;
         }
         let processed = self.workload.process();
         let v = if processed.is_empty() {
@@ -1952,7 +2028,12 @@ impl DemeterUpstream {
             return None;
         }
         let lat = mean(&lats);
-        (lat > 0.0).then_some(UpstreamProfile { config: current, throughput: thr, latency_ms: lat, recovery_s: -1.0 })
+        (lat > 0.0).then_some(UpstreamProfile {
+            config: current,
+            throughput: thr,
+            latency_ms: lat,
+            recovery_s: -1.0,
+        })
     }
 
     fn request(&mut self, t: i64, current: JobConfig, with_suggestions: bool) -> Option<UpstreamRequest> {
@@ -2012,15 +2093,13 @@ impl DemeterUpstream {
                     Some(RecoveryTime::NotRecovered(_)) => Some(self.max_recovery_s()),
                     None => None,
                 };
-                if let Some(rec) = rec {
-                    if s.throughput > 0.0 && s.p95_latency_ms > 0.0 && rec > 0.0 {
-                        self.profiles.push(UpstreamProfile {
-                            config: cfg,
-                            throughput: s.throughput,
-                            latency_ms: s.p95_latency_ms,
-                            recovery_s: rec,
-                        });
-                    }
+                if let Some(rec) = rec.filter(|r| *r > 0.0 && s.throughput > 0.0 && s.p95_latency_ms > 0.0) {
+                    self.profiles.push(UpstreamProfile {
+                        config: cfg,
+                        throughput: s.throughput,
+                        latency_ms: s.p95_latency_ms,
+                        recovery_s: rec,
+                    });
                 }
             }
         }
@@ -2080,8 +2159,20 @@ impl DemeterUpstream {
 
     fn start_profile_request(&mut self, t: i64, current: JobConfig) {
         self.stats.profile_requests += 1;
-        let configs = self.request(t, current, true).map(|r| r.suggestions).unwrap_or_default();
-        self.phase = ProfilePhase::Requesting { until: t + self.settings.profile_request_s, configs };
+        match self.request(t, current, true) {
+            Some(r) => {
+                self.phase = ProfilePhase::Requesting {
+                    until: t + self.settings.profile_request_s,
+                    configs: r.suggestions,
+                }
+            }
+            // No production metrics over the last 60 s (the job is down): upstream's request fails
+            // validation (HTTP 422) at once and the loop retries straight away.
+            None => {
+                self.stats.skipped_checks += 1;
+                self.phase = ProfilePhase::FirstWait { until: t + 1 };
+            }
+        }
     }
 }
 
@@ -2145,7 +2236,12 @@ mod gpw {
         GpConfig {
             y_scale: Some(1.0),
             min_points_to_optimize: 2,
-            lengthscale_prior: LogPrior::new(LENGTHSCALE_PRIOR.0, LENGTHSCALE_PRIOR.1, 0.01f64.ln(), 50f64.ln()),
+            lengthscale_prior: LogPrior::new(
+                LENGTHSCALE_PRIOR.0,
+                LENGTHSCALE_PRIOR.1,
+                0.01f64.ln(),
+                50f64.ln(),
+            ),
             signal_prior: LogPrior::new(OUTPUTSCALE_PRIOR.0, OUTPUTSCALE_PRIOR.1, 1e-4f64.ln(), 1e3f64.ln()),
             noise_prior: LogPrior::new(ln_noise, 1.0, ln_noise, ln_noise),
             ..GpConfig::default()
@@ -2226,7 +2322,13 @@ mod tests {
     use super::*;
 
     fn cfg(p: u32, s: u32, cpu: u32, mem: u32, chk_s: u64) -> JobConfig {
-        JobConfig { parallelism: p, task_slots: s, tm_cpu_milli: cpu * 1000, tm_memory_mb: mem, checkpoint_interval_ms: chk_s * 1000 }
+        JobConfig {
+            parallelism: p,
+            task_slots: s,
+            tm_cpu_milli: cpu * 1000,
+            tm_memory_mb: mem,
+            checkpoint_interval_ms: chk_s * 1000,
+        }
     }
 
     #[test]
@@ -2259,7 +2361,9 @@ mod tests {
     fn workload_processing_is_incremental_and_exact() {
         let mut w = Workload::default();
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let raw: Vec<f64> = (0..3000).map(|i| 30_000.0 + 5_000.0 * (i as f64 / 400.0).sin() + rng.random_range(-1500.0..1500.0)).collect();
+        let raw: Vec<f64> = (0..3000)
+            .map(|i| 30_000.0 + 5_000.0 * (i as f64 / 400.0).sin() + rng.random_range(-1500.0..1500.0))
+            .collect();
         for (i, v) in raw.iter().enumerate() {
             w.push(*v);
             if i % 97 == 0 {
@@ -2289,7 +2393,8 @@ mod tests {
         let f = m.forecast(&y[1..], 50);
         assert!((f[49] - 100.0).abs() < 2.0, "reverts to the mean: {}", f[49]);
 
-        let trend: Vec<f64> = (0..200).map(|i| 1000.0 + 25.0 * i as f64 + rng.random_range(-5.0..5.0)).collect();
+        let trend: Vec<f64> =
+            (0..200).map(|i| 1000.0 + 25.0 * i as f64 + rng.random_range(-5.0..5.0)).collect();
         let m = auto_arima(&trend).expect("fits");
         assert!(m.d >= 1);
         let f = m.forecast(&trend, 10);
@@ -2334,7 +2439,8 @@ mod tests {
     #[test]
     fn latency_threshold_is_2_14_times_the_minimum() {
         // Many distinct points: the GBR fit is essentially exact, so the threshold is visible.
-        let mut pts: Vec<(u32, f64, f64)> = (0..40).map(|i| (8 + (i % 5) * 4, 10_000.0 + i as f64, 1000.0)).collect();
+        let mut pts: Vec<(u32, f64, f64)> =
+            (0..40).map(|i| (8 + (i % 5) * 4, 10_000.0 + i as f64, 1000.0)).collect();
         pts.push((24, 50_000.0, 2100.0));
         pts.push((24, 50_001.0, 2200.0));
         let n = normalise_latencies(&pts);
@@ -2360,7 +2466,14 @@ mod tests {
         let b = cfg(12, 1, 1, 1024, 10);
         let c = cfg(16, 1, 1, 1024, 10);
         let raw: Vec<UpstreamProfile> = (0..30)
-            .map(|i| profile(cfg(8 + 4 * (i % 4), 1, 1 + (i / 4) % 3, 1024 * (1 + i % 4), 10 + 20 * (i as u64 % 5)), 20_000.0 + 100.0 * i as f64, 1000.0, 100.0))
+            .map(|i| {
+                profile(
+                    cfg(8 + 4 * (i % 4), 1, 1 + (i / 4) % 3, 1024 * (1 + i % 4), 10 + 20 * (i as u64 % 5)),
+                    20_000.0 + 100.0 * i as f64,
+                    1000.0,
+                    100.0,
+                )
+            })
             .chain([
                 profile(a, 45_000.0, 1000.0, 100.0),   // stable at a high rate
                 profile(b, 15_000.0, 60_000.0, 360.0), // bottlenecked at a low rate
@@ -2391,7 +2504,12 @@ mod tests {
 
     #[test]
     fn num_init_filter_keeps_direct_fits_only_with_diversity() {
-        let p = |lat: f64| NormProfile { config: JobConfig::STATIC_DEFAULT, throughput: 1.0, norm_latency: lat, recovery_s: 1.0 };
+        let p = |lat: f64| NormProfile {
+            config: JobConfig::STATIC_DEFAULT,
+            throughput: 1.0,
+            norm_latency: lat,
+            recovery_s: 1.0,
+        };
         let profiles = vec![p(0.0), p(0.0), p(0.9), p(0.0)];
         let list = vec![(0, true), (1, true), (2, true), (3, false)];
         assert_eq!(filter_by_num_init(&list, &profiles, 3), vec![0, 1, 2]);
@@ -2426,7 +2544,12 @@ mod tests {
     #[test]
     fn quirk_switches_to_a_worse_scored_best_candidate() {
         let current = cfg(16, 1, 1, 2048, 30);
-        let c = [cfg(8, 1, 1, 1024, 10), cfg(12, 1, 1, 1024, 10), cfg(16, 2, 1, 1024, 10), cfg(20, 1, 1, 1024, 10)];
+        let c = [
+            cfg(8, 1, 1, 1024, 10),
+            cfg(12, 1, 1, 1024, 10),
+            cfg(16, 2, 1, 1024, 10),
+            cfg(20, 1, 1, 1024, 10),
+        ];
         let ok_lat = 0.1;
         let ok_rec = 100f64.ln();
         let mut m = HashMap::new();
@@ -2451,12 +2574,20 @@ mod tests {
         // A better candidate within 5 % keeps the current config…
         let mut m = stub.0.clone();
         m.insert(current, pred(2.05, 9.05, ok_lat, ok_rec));
-        let d = rescale_decision(Some(&Stub(m.clone(), stub.1)), current, 0.2, JobConfig::STATIC_DEFAULT, &options, &p);
+        let d = rescale_decision(
+            Some(&Stub(m.clone(), stub.1)),
+            current,
+            0.2,
+            JobConfig::STATIC_DEFAULT,
+            &options,
+            &p,
+        );
         assert_eq!(d.reason, RescaleReason::WithinMinImprovement);
         assert_eq!(d.production, current);
         // …and one better by more than 5 % is taken.
         m.insert(current, pred(3.0, 11.0, ok_lat, ok_rec));
-        let d = rescale_decision(Some(&Stub(m, stub.1)), current, 0.2, JobConfig::STATIC_DEFAULT, &options, &p);
+        let d =
+            rescale_decision(Some(&Stub(m, stub.1)), current, 0.2, JobConfig::STATIC_DEFAULT, &options, &p);
         assert_eq!((d.production, d.reason), (c[1], RescaleReason::BestCandidate));
     }
 
@@ -2466,7 +2597,10 @@ mod tests {
         let p = problem();
         let options = vec![current, cfg(12, 1, 1, 1024, 10)];
         let d = rescale_decision(None, current, 0.6, JobConfig::STATIC_DEFAULT, &options, &p);
-        assert_eq!((d.production, d.reason, d.gt_factor), (JobConfig::STATIC_DEFAULT, RescaleReason::BadLatency, Some(0.75)));
+        assert_eq!(
+            (d.production, d.reason, d.gt_factor),
+            (JobConfig::STATIC_DEFAULT, RescaleReason::BadLatency, Some(0.75))
+        );
         let d = rescale_decision(None, current, 0.2, JobConfig::STATIC_DEFAULT, &options, &p);
         assert_eq!((d.production, d.reason, d.gt_factor), (current, RescaleReason::NoModel, None));
         // Everything violates the recovery bound (upper 1σ × 1.25 > 180 s): default.
@@ -2474,14 +2608,22 @@ mod tests {
         let d = rescale_decision(Some(&stub), current, 0.2, JobConfig::STATIC_DEFAULT, &options, &p);
         assert_eq!((d.production, d.reason), (JobConfig::STATIC_DEFAULT, RescaleReason::CannotCopeDefault));
         // The default itself always "can handle".
-        let d = rescale_decision(Some(&stub), JobConfig::STATIC_DEFAULT, 0.2, JobConfig::STATIC_DEFAULT, &options, &p);
+        let d = rescale_decision(
+            Some(&stub),
+            JobConfig::STATIC_DEFAULT,
+            0.2,
+            JobConfig::STATIC_DEFAULT,
+            &options,
+            &p,
+        );
         assert_eq!(d.reason, RescaleReason::NoOtherCandidate);
     }
 
     #[test]
     fn objective_filter_drops_the_cheapest_quarter() {
         let p = problem();
-        let preds: Vec<Prediction> = (0..8).map(|i| pred(1.0 + 0.3 * i as f64, 8.0 + 0.3 * i as f64, 0.1, 4.0)).collect();
+        let preds: Vec<Prediction> =
+            (0..8).map(|i| pred(1.0 + 0.3 * i as f64, 8.0 + 0.3 * i as f64, 0.1, 4.0)).collect();
         let ranked = p.rank_candidates(&preds);
         let kept: Vec<usize> = ranked.iter().map(|r| r.0).collect();
         // q25 of 1.0..3.1 is 1.525 and min + ln 1.25 = 1.223: indices 0 and 1 go.
@@ -2509,7 +2651,7 @@ mod tests {
             let mut seen = Vec::new();
             let mut set = HashSet::new();
             for _ in 0..200_000 {
-                let c = enc.from_unit(&s.next_point());
+                let c = enc.config_at(&s.next_point());
                 if set.insert(c) {
                     seen.push(c);
                 }
@@ -2526,7 +2668,7 @@ mod tests {
         for c in &enc.grid {
             let f = enc.features(c);
             assert!(f.iter().all(|v| (0.0..=1.0).contains(v)));
-            assert_eq!(enc.from_unit(&f), *c);
+            assert_eq!(enc.config_at(&f), *c);
         }
     }
 
@@ -2592,7 +2734,8 @@ mod tests {
         let mut hits = Vec::new();
         for t in 0..3000 {
             let reconf = (1000..1060).contains(&t);
-            let thr = if (500..530).contains(&t) || (2000..2040).contains(&t) || reconf { 0.0 } else { 30_000.0 };
+            let thr =
+                if (500..530).contains(&t) || (2000..2040).contains(&t) || reconf { 0.0 } else { 30_000.0 };
             if d.observe(t, thr, 30_000.0, reconf) {
                 hits.push(t);
             }
@@ -2609,7 +2752,9 @@ mod tests {
             if out.iter().any(|p: &UpstreamProfile| p.config == c) {
                 continue;
             }
-            let cap = 2_000.0 * c.parallelism as f64 * c.tm_cpu_cores().min(c.task_slots as f64) / c.task_slots as f64 * 2.0;
+            let cap = 2_000.0 * c.parallelism as f64 * c.tm_cpu_cores().min(c.task_slots as f64)
+                / c.task_slots as f64
+                * 2.0;
             let offered = rate * rng.random_range(0.9..1.1);
             let ok = cap >= offered;
             let thr = if ok { offered } else { cap };
@@ -2635,7 +2780,12 @@ mod tests {
         let pr = BucketPredictor { model: &model, enc: &enc };
         let train: Vec<JobConfig> = idx.iter().map(|&i| prep.profiles[i].config).collect();
         for (c, p) in train.iter().zip(pr.predict(&train)) {
-            assert!((p[0].0 - c.total_cpu().ln()).abs() < 0.35, "{c}: ln cpu {} vs {}", p[0].0, c.total_cpu().ln());
+            assert!(
+                (p[0].0 - c.total_cpu().ln()).abs() < 0.35,
+                "{c}: ln cpu {} vs {}",
+                p[0].0,
+                c.total_cpu().ln()
+            );
             assert!(p.iter().all(|(m, s)| m.is_finite() && s.is_finite() && *s >= 0.0));
         }
         // Deterministic for a seed.
@@ -2667,7 +2817,13 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let settings = UpstreamSettings::default();
         let problem = Problem::new(&settings, &SearchSpace::default(), &mut rng);
-        let a = Analytics { enc: &enc, problem: &problem, settings: &settings, seed: 3, default: JobConfig::STATIC_DEFAULT };
+        let a = Analytics {
+            enc: &enc,
+            problem: &problem,
+            settings: &settings,
+            seed: 3,
+            default: JobConfig::STATIC_DEFAULT,
+        };
         let req = analyse(&a, &profiles, &current, 24_000.0, true);
         assert!(enc.options.contains(&req.decision.production));
         assert!(req.suggestions.iter().all(|c| enc.options.contains(c)));

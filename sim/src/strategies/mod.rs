@@ -8,6 +8,7 @@
 //!
 //! Demeter itself (`demeter`, `demeter-upstream`) lives in its own modules.
 
+pub mod demeter;
 pub mod demeter_upstream;
 pub mod hpa;
 pub mod operator;
@@ -58,7 +59,7 @@ pub const NAMES: [&str; 5] = ["static", "hpa", "operator", "operator-defaults", 
 
 /// Builds one of this module's strategies by name, for the given prepared run (the oracle reads
 /// the truth from it). `None` for a name it does not know.
-pub fn build(name: &str, prepared: &crate::Prepared) -> Option<Box<dyn Strategy>> {
+pub fn build(name: &str, prepared: &crate::Prepared) -> Option<Box<dyn Strategy + Send>> {
     Some(match name {
         "static" => Box::new(StaticStrategy::new()),
         "hpa" => Box::new(Hpa::new(HpaOptions::default())),

@@ -23,6 +23,14 @@ struct Watched {
     last_running: Option<i64>,
 }
 
+/// An error's message without the variant's prefix, for nesting in another error.
+fn detail(e: &BackendError) -> String {
+    match e {
+        BackendError::NotFound(m) | BackendError::Transient(m) | BackendError::Failed(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn secs(ms: i64) -> f64 {
     ms.max(0) as f64 / 1000.0
 }
@@ -91,7 +99,8 @@ impl FlinkRestBackend {
         if cur.tm_cpu_milli != to.tm_cpu_milli {
             return unsupported("changing tm_cpu_milli (standalone TaskManagers have no CPU limit)");
         }
-        if (cur.task_slots != to.task_slots || cur.tm_memory_mb != to.tm_memory_mb) && !self.cfg.can_replace_taskmanagers()
+        if (cur.task_slots != to.task_slots || cur.tm_memory_mb != to.tm_memory_mb)
+            && !self.cfg.can_replace_taskmanagers()
         {
             return unsupported(
                 "changing task_slots or tm_memory_mb without a taskmanager_add_command with {slots} and {memory_mb} \
@@ -141,8 +150,16 @@ impl FlinkRestBackend {
             self.remove_idle_taskmanagers(shape.count, entry).await;
             return Err(e);
         }
-        tracing::info!(job = jid, from = cur.parallelism, to = to.parallelism, "flink-rest: resource requirements set");
-        let watched = match self.watch(jid, &before, |d| at_targets(d, &targets), self.cfg.running_timeout).await {
+        tracing::info!(
+            job = jid,
+            from = cur.parallelism,
+            to = to.parallelism,
+            "flink-rest: resource requirements set"
+        );
+        let watched = match self
+            .watch(jid, &before, |d| at_targets(d, &targets), self.cfg.running_timeout)
+            .await
+        {
             Ok(w) => w,
             Err(e) => {
                 entry.rolled_back = true;
@@ -152,16 +169,29 @@ impl FlinkRestBackend {
                     self.watch(jid, &before, |d| at_targets(d, &back), self.cfg.rollback_timeout).await
                 }
                 .await;
-                self.remove_idle_taskmanagers(needed.min(shape.count).max(self.cfg.min_taskmanagers), entry).await;
+                self.remove_idle_taskmanagers(needed.min(shape.count).max(self.cfg.min_taskmanagers), entry)
+                    .await;
                 return Err(BackendError::Failed(match rollback {
-                    Ok(_) => format!("{e}; rolled back to parallelism {}", cur.parallelism),
-                    Err(r) => format!("{e}; rolling back to parallelism {} failed too: {r}", cur.parallelism),
+                    Ok(_) => format!("{}; rolled back to parallelism {}", detail(&e), cur.parallelism),
+                    Err(r) => {
+                        format!(
+                            "{}; rolling back to parallelism {} failed too: {}",
+                            detail(&e),
+                            cur.parallelism,
+                            detail(&r)
+                        )
+                    }
                 }));
             }
         };
         let changed = !at_targets(&before, &targets);
         let downtime = if changed { self.downtime_since(jid, &watched, None).await? } else { 0.0 };
-        entry.failures = self.client.exception_count(jid).await.unwrap_or(exceptions_before).saturating_sub(exceptions_before);
+        entry.failures = self
+            .client
+            .exception_count(jid)
+            .await
+            .unwrap_or(exceptions_before)
+            .saturating_sub(exceptions_before);
         self.remove_idle_taskmanagers(needed, entry).await;
         Ok(downtime)
     }
@@ -175,7 +205,11 @@ impl FlinkRestBackend {
         timeout: Duration,
     ) -> BackendResult<Watched> {
         let deadline = Instant::now() + timeout;
-        let mut w = Watched { details: before.clone(), stop_ts: None, last_running: before.all_running().then_some(before.now) };
+        let mut w = Watched {
+            details: before.clone(),
+            stop_ts: None,
+            last_running: before.all_running().then_some(before.now),
+        };
         if done(before) && before.all_running() {
             return Ok(w);
         }
@@ -205,14 +239,17 @@ impl FlinkRestBackend {
             }
             if Instant::now() >= deadline {
                 let d = &w.details;
-                let shape: Vec<String> =
-                    d.vertices.iter().map(|v| format!("{}: {} × {}", v.name, v.parallelism, v.status)).collect();
+                let shape: Vec<String> = d
+                    .vertices
+                    .iter()
+                    .map(|v| format!("{}: {} × {}", v.name, v.parallelism, v.status))
+                    .collect();
                 return Err(BackendError::Failed(format!(
                     "job {jid} did not run the target within {} (last seen {} [{}]{})",
                     fmt_d(timeout),
                     d.state,
                     shape.join(", "),
-                    last_err.map(|e| format!("; last error: {e}")).unwrap_or_default()
+                    last_err.map(|e| format!("; last error: {}", detail(&e))).unwrap_or_default()
                 )));
             }
         }
@@ -220,7 +257,12 @@ impl FlinkRestBackend {
 
     /// Seconds from the stop (the old graph's stop timestamp, else the last poll that saw it all
     /// RUNNING, else `fallback_start`) until the last subtask of the job switched to RUNNING.
-    async fn downtime_since(&self, jid: &str, w: &Watched, fallback_start: Option<i64>) -> BackendResult<f64> {
+    async fn downtime_since(
+        &self,
+        jid: &str,
+        w: &Watched,
+        fallback_start: Option<i64>,
+    ) -> BackendResult<f64> {
         let mut end = None::<i64>;
         for v in &w.details.vertices {
             let t = self.client.last_subtask_running(jid, &v.id).await?.unwrap_or(w.details.now);
@@ -262,7 +304,10 @@ impl FlinkRestBackend {
         let savepoint = match self.stop_with_savepoint(jid).await {
             Ok(s) => s,
             Err(e) => {
-                return Err(BackendError::Failed(format!("stop-with-savepoint failed, the job keeps running: {e}")));
+                return Err(BackendError::Failed(format!(
+                    "stop-with-savepoint failed, the job keeps running: {}",
+                    detail(&e)
+                )));
             }
         };
         tracing::info!(job = jid, %savepoint, "flink-rest: job stopped with a savepoint");
@@ -294,13 +339,19 @@ impl FlinkRestBackend {
             }
             Err(e) => {
                 entry.rolled_back = true;
-                let rollback = self.rollback_redeploy(job, &submit, &jar_id, cur, shape, replace, &savepoint, new_jid, entry).await;
+                let rollback = self
+                    .rollback_redeploy(job, &submit, &jar_id, cur, shape, replace, &savepoint, new_jid, entry)
+                    .await;
                 Err(BackendError::Failed(match rollback {
                     Ok(id) => {
                         entry.job_id_after = Some(id);
-                        format!("{e}; rolled back to {cur} from savepoint {savepoint}")
+                        format!("{}; rolled back to {cur} from savepoint {savepoint}", detail(&e))
                     }
-                    Err(r) => format!("{e}; rolling back to {cur} from savepoint {savepoint} failed too: {r}"),
+                    Err(r) => format!(
+                        "{}; rolling back to {cur} from savepoint {savepoint} failed too: {}",
+                        detail(&e),
+                        detail(&r)
+                    ),
                 }))
             }
         }
@@ -367,7 +418,10 @@ impl FlinkRestBackend {
                 Err(e) => return Err(e),
             }
             if Instant::now() >= deadline {
-                return Err(BackendError::Failed(format!("job {jid} did not stop within {}", fmt_d(timeout))));
+                return Err(BackendError::Failed(format!(
+                    "job {jid} did not stop within {}",
+                    fmt_d(timeout)
+                )));
             }
             tokio::time::sleep(self.cfg.poll_interval).await;
         }
@@ -391,7 +445,8 @@ impl FlinkRestBackend {
             jid,
             &first,
             |d| {
-                let cap = d.vertices.iter().map(|v| v.max_parallelism).filter(|m| *m > 0).min().unwrap_or(i64::MAX);
+                let cap =
+                    d.vertices.iter().map(|v| v.max_parallelism).filter(|m| *m > 0).min().unwrap_or(i64::MAX);
                 !d.vertices.is_empty() && i64::from(d.max_parallelism()) == i64::from(parallelism).min(cap)
             },
             left,
@@ -415,8 +470,10 @@ impl FlinkRestBackend {
         ];
         let mut flink_configuration = BTreeMap::new();
         if to.checkpoint_interval_ms > 0 {
-            flink_configuration
-                .insert("execution.checkpointing.interval".to_string(), format!("{} ms", to.checkpoint_interval_ms));
+            flink_configuration.insert(
+                "execution.checkpointing.interval".to_string(),
+                format!("{} ms", to.checkpoint_interval_ms),
+            );
         }
         let req = RunRequest {
             entry_class: submit.entry_class.clone(),
@@ -561,15 +618,21 @@ impl FlinkRestBackend {
                 return Ok(0);
             }
             let busy = self.busy_taskmanagers().await?;
-            let mut idle: Vec<&str> = tms.iter().map(|t| t.id.as_str()).filter(|id| !busy.contains(*id)).collect();
+            let mut idle: Vec<&str> =
+                tms.iter().map(|t| t.id.as_str()).filter(|id| !busy.contains(*id)).collect();
             idle.sort_unstable();
             idle.reverse();
             if (idle.len() as u32) < surplus {
-                tracing::warn!(surplus, idle = idle.len(), "flink-rest: keeping TaskManagers that still run tasks");
+                tracing::warn!(
+                    surplus,
+                    idle = idle.len(),
+                    "flink-rest: keeping TaskManagers that still run tasks"
+                );
             }
             let mut removed = 0;
             for id in idle.into_iter().take(surplus as usize) {
-                let args = command::fill(&self.cfg.taskmanager_remove_command, &[("{tm_id}", id.to_string())]);
+                let args =
+                    command::fill(&self.cfg.taskmanager_remove_command, &[("{tm_id}", id.to_string())]);
                 tracing::info!(command = %args.join(" "), "flink-rest: stopping idle TaskManager {id}");
                 command::run(&args, self.cfg.taskmanager_timeout).await?;
                 removed += 1;
@@ -592,7 +655,12 @@ impl FlinkRestBackend {
     }
 
     /// Stops every TaskManager (the job is stopped) and starts `needed` with `shape`.
-    async fn replace_taskmanagers(&self, needed: u32, shape: TmShape, entry: &mut JournalEntry) -> BackendResult<()> {
+    async fn replace_taskmanagers(
+        &self,
+        needed: u32,
+        shape: TmShape,
+        entry: &mut JournalEntry,
+    ) -> BackendResult<()> {
         for tm in self.client.taskmanagers().await? {
             let args = command::fill(&self.cfg.taskmanager_remove_command, &[("{tm_id}", tm.id.clone())]);
             command::run(&args, self.cfg.taskmanager_timeout).await?;
@@ -609,14 +677,16 @@ fn targets_for(details: &JobDetails, parallelism: u32) -> HashMap<String, u32> {
         .vertices
         .iter()
         .map(|v| {
-            let cap = if v.max_parallelism > 0 { v.max_parallelism.min(u32::MAX as i64) as u32 } else { u32::MAX };
+            let cap =
+                if v.max_parallelism > 0 { v.max_parallelism.min(u32::MAX as i64) as u32 } else { u32::MAX };
             (v.id.clone(), parallelism.min(cap))
         })
         .collect()
 }
 
 fn at_targets(d: &JobDetails, targets: &HashMap<String, u32>) -> bool {
-    !d.vertices.is_empty() && d.vertices.iter().all(|v| targets.get(&v.id).is_none_or(|t| v.parallelism == *t))
+    !d.vertices.is_empty()
+        && d.vertices.iter().all(|v| targets.get(&v.id).is_none_or(|t| v.parallelism == *t))
 }
 
 /// `req` with every listed vertex's upper bound set to its target (lower bounds kept, but never

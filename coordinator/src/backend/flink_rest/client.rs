@@ -83,7 +83,9 @@ pub struct JobDetails {
 impl JobDetails {
     /// The job and every subtask of every vertex are RUNNING.
     pub fn all_running(&self) -> bool {
-        self.state == "RUNNING" && !self.vertices.is_empty() && self.vertices.iter().all(VertexSummary::all_running)
+        self.state == "RUNNING"
+            && !self.vertices.is_empty()
+            && self.vertices.iter().all(VertexSummary::all_running)
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -288,7 +290,10 @@ impl FlinkClient {
     async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> BackendResult<bytes::Bytes> {
         let resp = req.send().await.map_err(|e| BackendError::Transient(format!("{what}: {e}")))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| BackendError::Transient(format!("{what}: reading the body: {e}")))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| BackendError::Transient(format!("{what}: reading the body: {e}")))?;
         if status.is_success() {
             return Ok(body);
         }
@@ -304,7 +309,8 @@ impl FlinkClient {
     async fn get<T: DeserializeOwned>(&self, path: &str) -> BackendResult<T> {
         let what = format!("GET {path}");
         let body = self.send(&what, self.http.get(self.url(path))).await?;
-        serde_json::from_slice(&body).map_err(|e| BackendError::Failed(format!("{what}: unexpected answer: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| BackendError::Failed(format!("{what}: unexpected answer: {e}")))
     }
 
     pub async fn overview(&self) -> BackendResult<ClusterOverview> {
@@ -326,7 +332,8 @@ impl FlinkClient {
     /// The latest time any subtask of the vertex switched to RUNNING (JobManager clock, ms).
     pub async fn last_subtask_running(&self, jid: &str, vid: &str) -> BackendResult<Option<i64>> {
         let t: SubtaskTimes = self.get(&format!("/jobs/{jid}/vertices/{vid}/subtasktimes")).await?;
-        let running: Vec<i64> = t.subtasks.iter().map(|s| s.timestamps.get("RUNNING").copied().unwrap_or(0)).collect();
+        let running: Vec<i64> =
+            t.subtasks.iter().map(|s| s.timestamps.get("RUNNING").copied().unwrap_or(0)).collect();
         if running.is_empty() || running.contains(&0) {
             return Ok(None);
         }
@@ -337,7 +344,11 @@ impl FlinkClient {
         self.get(&format!("/jobs/{jid}/resource-requirements")).await
     }
 
-    pub async fn put_resource_requirements(&self, jid: &str, req: &ResourceRequirements) -> BackendResult<()> {
+    pub async fn put_resource_requirements(
+        &self,
+        jid: &str,
+        req: &ResourceRequirements,
+    ) -> BackendResult<()> {
         let path = format!("/jobs/{jid}/resource-requirements");
         self.send(&format!("PUT {path}"), self.http.put(self.url(&path)).json(req)).await.map(drop)
     }
@@ -369,7 +380,11 @@ impl FlinkClient {
     }
 
     /// `POST /jobs/{id}/stop`: stop with a savepoint (no drain); returns the request id.
-    pub async fn stop_with_savepoint(&self, jid: &str, target_directory: Option<&str>) -> BackendResult<String> {
+    pub async fn stop_with_savepoint(
+        &self,
+        jid: &str,
+        target_directory: Option<&str>,
+    ) -> BackendResult<String> {
         let path = format!("/jobs/{jid}/stop");
         let mut body = serde_json::json!({"drain": false});
         if let Some(dir) = target_directory {
@@ -377,8 +392,8 @@ impl FlinkClient {
         }
         let what = format!("POST {path}");
         let bytes = self.send(&what, self.http.post(self.url(&path)).json(&body)).await?;
-        let r: TriggerResponse =
-            serde_json::from_slice(&bytes).map_err(|e| BackendError::Failed(format!("{what}: unexpected answer: {e}")))?;
+        let r: TriggerResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| BackendError::Failed(format!("{what}: unexpected answer: {e}")))?;
         Ok(r.request_id)
     }
 
@@ -406,7 +421,8 @@ impl FlinkClient {
         let data = tokio::fs::read(jar)
             .await
             .map_err(|e| BackendError::Failed(format!("reading the job jar {}: {e}", jar.display())))?;
-        let name = jar.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "job.jar".into());
+        let name =
+            jar.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "job.jar".into());
         let name: String = name.chars().filter(|c| *c != '"' && *c != '\r' && *c != '\n').collect();
         let boundary = format!("demeter-{:016x}", data.len() as u64 ^ 0x5eed_d3e7_0000_0000);
         let mut body = Vec::with_capacity(data.len() + 256);
@@ -426,8 +442,8 @@ impl FlinkClient {
             .header("Content-Type", format!("multipart/form-data; boundary={boundary}"))
             .body(body);
         let bytes = self.send(what, req).await?;
-        let r: UploadResponse =
-            serde_json::from_slice(&bytes).map_err(|e| BackendError::Failed(format!("{what}: unexpected answer: {e}")))?;
+        let r: UploadResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| BackendError::Failed(format!("{what}: unexpected answer: {e}")))?;
         // "filename" is the stored path; the jar id is its last component.
         Ok(r.filename.rsplit('/').next().unwrap_or(&r.filename).to_string())
     }
@@ -437,8 +453,8 @@ impl FlinkClient {
         let path = format!("/jars/{jar_id}/run");
         let what = format!("POST {path}");
         let bytes = self.send(&what, self.http.post(self.url(&path)).json(req)).await?;
-        let r: RunResponse =
-            serde_json::from_slice(&bytes).map_err(|e| BackendError::Failed(format!("{what}: unexpected answer: {e}")))?;
+        let r: RunResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| BackendError::Failed(format!("{what}: unexpected answer: {e}")))?;
         Ok(r.jobid)
     }
 }
@@ -450,10 +466,20 @@ fn flink_errors(body: &[u8]) -> String {
         errors: Vec<String>,
     }
     let text = match serde_json::from_slice::<Errors>(body) {
-        Ok(e) => e.errors.join("; "),
+        Ok(e) => e.errors.iter().map(|t| root_cause(t)).collect::<Vec<_>>().join("; "),
         Err(_) => String::from_utf8_lossy(body).into_owned(),
     };
     shorten(&text, 600)
+}
+
+/// A Java stack trace reduced to its first line and its innermost `Caused by:` line, which
+/// carries the message that explains it (for example why the job's `main` failed).
+fn root_cause(trace: &str) -> String {
+    let first = trace.lines().next().unwrap_or("").trim();
+    match trace.lines().rev().find_map(|l| l.trim().strip_prefix("Caused by:")) {
+        Some(cause) => format!("{first} (caused by: {})", cause.trim()),
+        None => first.to_string(),
+    }
 }
 
 fn failure_text(cause: &serde_json::Value) -> String {
@@ -485,6 +511,18 @@ mod tests {
     fn flink_error_bodies_are_reduced_to_their_messages() {
         assert_eq!(flink_errors(br#"{"errors":["Job not found","x"]}"#), "Job not found; x");
         assert_eq!(flink_errors(b"plain"), "plain");
+        let trace = "org.apache.flink.runtime.rest.handler.RestHandlerException: Could not execute application.\n\
+                     \tat org.apache.flink.X.y(X.java:1)\n\
+                     Caused by: java.util.concurrent.CompletionException: wrapped\n\
+                     \t... 5 more\n\
+                     Caused by: java.lang.IllegalArgumentException: Checkpoint interval must be larger than or equal to 10 ms\n\
+                     \t... 7 more";
+        let body = serde_json::to_vec(&serde_json::json!({"errors": [trace]})).unwrap();
+        assert_eq!(
+            flink_errors(&body),
+            "org.apache.flink.runtime.rest.handler.RestHandlerException: Could not execute application. (caused by: \
+             java.lang.IllegalArgumentException: Checkpoint interval must be larger than or equal to 10 ms)"
+        );
         let long = "é".repeat(700);
         assert_eq!(shorten(&long, 600).chars().count(), 601);
     }

@@ -78,7 +78,10 @@ mod tests {
     #[test]
     fn placeholders_are_filled_everywhere() {
         let args = s(&["tm.sh", "add", "--slots={slots}", "{memory_mb}m", "{tm_id}"]);
-        let out = fill(&args, &[("{slots}", "4".into()), ("{memory_mb}", "1024".into()), ("{tm_id}", "tm-1".into())]);
+        let out = fill(
+            &args,
+            &[("{slots}", "4".into()), ("{memory_mb}", "1024".into()), ("{tm_id}", "tm-1".into())],
+        );
         assert_eq!(out, s(&["tm.sh", "add", "--slots=4", "1024m", "tm-1"]));
         assert!(mentions(&args, "{slots}"));
         assert!(!mentions(&s(&["x"]), "{slots}"));

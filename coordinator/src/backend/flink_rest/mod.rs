@@ -173,8 +173,9 @@ impl Default for FlinkRestConfig {
 impl FlinkRestConfig {
     /// Reads a TOML file with the fields of [`FlinkRestConfig`] at the top level.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read the flink-rest configuration {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read the flink-rest configuration {}: {e}", path.display())
+        })?;
         let cfg: FlinkRestConfig = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("invalid flink-rest configuration {}: {e}", path.display()))?;
         cfg.validate()?;
@@ -214,13 +215,19 @@ impl FlinkRestConfig {
             ));
         }
         if self.min_taskmanagers > self.max_taskmanagers {
-            errs.push(format!("max_taskmanagers {}: >= min_taskmanagers ({})", self.max_taskmanagers, self.min_taskmanagers));
+            errs.push(format!(
+                "max_taskmanagers {}: >= min_taskmanagers ({})",
+                self.max_taskmanagers, self.min_taskmanagers
+            ));
         }
         if self.taskmanager_slots == Some(0) {
             errs.push("taskmanager_slots 0: at least 1".into());
         }
         if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&self.poll_interval) {
-            errs.push(format!("poll_interval {}: 10ms..=10s", humantime::format_duration(self.poll_interval)));
+            errs.push(format!(
+                "poll_interval {}: 10ms..=10s",
+                humantime::format_duration(self.poll_interval)
+            ));
         }
         for (key, d) in [
             ("request_timeout", self.request_timeout),
@@ -233,7 +240,11 @@ impl FlinkRestConfig {
                 errs.push(format!("{key} {}: at least 1s", humantime::format_duration(d)));
             }
         }
-        if errs.is_empty() { Ok(()) } else { anyhow::bail!("invalid flink-rest configuration: {}", errs.join("; ")) }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid flink-rest configuration: {}", errs.join("; "))
+        }
     }
 
     /// The submission settings of job `name`: its `[jobs.<name>]` entry over the defaults.
@@ -244,7 +255,9 @@ impl FlinkRestConfig {
             jar_id: own.jar_id.or_else(|| self.jar_id.clone()),
             entry_class: own.entry_class.or_else(|| self.entry_class.clone()),
             program_args: Some(own.program_args.unwrap_or_else(|| self.program_args.clone())),
-            allow_non_restored_state: Some(own.allow_non_restored_state.unwrap_or(self.allow_non_restored_state)),
+            allow_non_restored_state: Some(
+                own.allow_non_restored_state.unwrap_or(self.allow_non_restored_state),
+            ),
         }
     }
 
@@ -334,7 +347,9 @@ impl FlinkRestBackend {
         jobs.into_iter()
             .filter(|j| j.name == key.name && !j.is_terminal())
             .max_by_key(|j| j.start_time)
-            .ok_or_else(|| BackendError::NotFound(format!("{key}: no running Flink job named `{}`", key.name)))
+            .ok_or_else(|| {
+                BackendError::NotFound(format!("{key}: no running Flink job named `{}`", key.name))
+            })
     }
 
     /// The shape of the cluster's TaskManagers.
@@ -351,7 +366,8 @@ impl FlinkRestBackend {
                 .as_ref()
                 .map(|m| (m.total_process_memory as f64 / (1024.0 * 1024.0)).round() as u32)
                 .unwrap_or(0);
-            let declared = tm.total_resource.as_ref().map(|r| (r.cpu_cores * 1000.0).round() as u32).unwrap_or(0);
+            let declared =
+                tm.total_resource.as_ref().map(|r| (r.cpu_cores * 1000.0).round() as u32).unwrap_or(0);
             return Ok(TmShape {
                 count,
                 slots: tm.slots_number.max(1),
@@ -366,7 +382,8 @@ impl FlinkRestBackend {
             .or_else(|| conf.get("taskmanager.numberOfTaskSlots").and_then(|s| s.trim().parse().ok()))
             .unwrap_or(1)
             .max(1);
-        let memory_mb = conf.get("taskmanager.memory.process.size").and_then(|s| parse_memory_mb(s)).unwrap_or(0);
+        let memory_mb =
+            conf.get("taskmanager.memory.process.size").and_then(|s| parse_memory_mb(s)).unwrap_or(0);
         let declared = conf
             .get("taskmanager.cpu.cores")
             .and_then(|s| s.trim().parse::<f64>().ok())
@@ -417,8 +434,11 @@ impl FlinkRestBackend {
 
 /// The TaskManager whose slots and memory most TaskManagers share.
 fn most_common(tms: &[TaskManagerInfo]) -> Option<&TaskManagerInfo> {
-    let key = |t: &TaskManagerInfo| (t.slots_number, t.memory_configuration.as_ref().map(|m| m.total_process_memory));
-    tms.iter().max_by_key(|t| (tms.iter().filter(|u| key(u) == key(t)).count(), std::cmp::Reverse(t.id.clone())))
+    let key = |t: &TaskManagerInfo| {
+        (t.slots_number, t.memory_configuration.as_ref().map(|m| m.total_process_memory))
+    };
+    tms.iter()
+        .max_by_key(|t| (tms.iter().filter(|u| key(u) == key(t)).count(), std::cmp::Reverse(t.id.clone())))
 }
 
 /// Flink's memory size syntax (`1g`, `1024m`, `1728 mb`, `1073741824`, `512kb`) in MiB.
@@ -487,7 +507,9 @@ impl Backend for FlinkRestBackend {
             match &result {
                 Ok(rep) => tracing::info!(job = %job, id = r.id, to = %r.to, downtime_s = rep.downtime_s,
                     kind = entry.as_ref().map(|e| e.kind.as_str()).unwrap_or(""), "flink-rest: reconfiguration applied"),
-                Err(e) => tracing::warn!(job = %job, id = r.id, to = %r.to, error = %e, "flink-rest: reconfiguration failed"),
+                Err(e) => {
+                    tracing::warn!(job = %job, id = r.id, to = %r.to, error = %e, "flink-rest: reconfiguration failed")
+                }
             }
             result
         })
@@ -532,7 +554,8 @@ mod tests {
         let mut c = FlinkRestConfig::default();
         assert!(c.validate().is_ok());
         c.rest_url = "localhost:8081".into();
-        c.taskmanager_remove_command = vec!["scripts/flink-cluster.sh".into(), "remove-tm".into(), "/w".into()];
+        c.taskmanager_remove_command =
+            vec!["scripts/flink-cluster.sh".into(), "remove-tm".into(), "/w".into()];
         c.poll_interval = Duration::from_secs(60);
         c.min_taskmanagers = 5;
         c.max_taskmanagers = 2;

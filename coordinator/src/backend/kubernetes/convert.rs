@@ -174,12 +174,12 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
 
 /// How Demeter writes CPU: whole cores as an integer (`2`), otherwise a decimal (`2.5`).
 pub fn cpu_json(milli: u32) -> Value {
-    if milli % 1000 == 0 { json!(milli / 1000) } else { json!(milli as f64 / 1000.0) }
+    if milli.is_multiple_of(1000) { json!(milli / 1000) } else { json!(milli as f64 / 1000.0) }
 }
 
 /// How Demeter writes a checkpoint interval: whole seconds as `30s`, otherwise `1500ms`.
 pub fn format_duration_ms(ms: u64) -> String {
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
 }
 
 /// Parses `pipeline.jobvertex-parallelism-overrides` (`<vertex id>:<parallelism>,...`).
@@ -202,7 +202,10 @@ pub fn format_overrides(vertices: &[String], parallelism: u32) -> String {
 }
 
 fn positive_u32(field: &'static str, v: i64) -> Result<u32, ConvertError> {
-    u32::try_from(v).ok().filter(|x| *x > 0).ok_or_else(|| invalid(field, v.to_string(), "a positive integer"))
+    u32::try_from(v)
+        .ok()
+        .filter(|x| *x > 0)
+        .ok_or_else(|| invalid(field, v.to_string(), "a positive integer"))
 }
 
 /// The configuration a FlinkDeployment asks for (see the module documentation).
@@ -210,7 +213,8 @@ pub fn job_config_of(fd: &FlinkDeployment) -> Result<JobConfig, ConvertError> {
     let flat = flat_flink_conf(fd);
     let task_slots = match flat.get(conf::TASK_SLOTS) {
         Some(s) => {
-            let n: i64 = s.trim().parse().map_err(|_| invalid("taskmanager.numberOfTaskSlots", s, "an integer"))?;
+            let n: i64 =
+                s.trim().parse().map_err(|_| invalid("taskmanager.numberOfTaskSlots", s, "an integer"))?;
             positive_u32("taskmanager.numberOfTaskSlots", n)?
         }
         None => 1,
@@ -226,8 +230,11 @@ pub fn job_config_of(fd: &FlinkDeployment) -> Result<JobConfig, ConvertError> {
         return Err(invalid("spec.taskManager.resource.cpu", cpu.to_string(), "a positive number of cores"));
     }
     let tm_cpu_milli = ((cpu * 1000.0).round() as u32).max(1);
-    let mem = res.and_then(|r| r.memory.as_deref()).ok_or(ConvertError::Missing("spec.taskManager.resource.memory"))?;
-    let tm_memory_mb = parse_memory_mb(mem).map_err(|e| invalid("spec.taskManager.resource.memory", mem, e))?;
+    let mem = res
+        .and_then(|r| r.memory.as_deref())
+        .ok_or(ConvertError::Missing("spec.taskManager.resource.memory"))?;
+    let tm_memory_mb =
+        parse_memory_mb(mem).map_err(|e| invalid("spec.taskManager.resource.memory", mem, e))?;
     let interval = flat
         .get(conf::CHECKPOINT_INTERVAL)
         .ok_or(ConvertError::Missing("flinkConfiguration.\"execution.checkpointing.interval\""))?;
@@ -238,7 +245,9 @@ pub fn job_config_of(fd: &FlinkDeployment) -> Result<JobConfig, ConvertError> {
     }
 
     let overrides = match flat.get(conf::PARALLELISM_OVERRIDES) {
-        Some(s) => parse_overrides(s).map_err(|e| invalid("pipeline.jobvertex-parallelism-overrides", s, e))?,
+        Some(s) => {
+            parse_overrides(s).map_err(|e| invalid("pipeline.jobvertex-parallelism-overrides", s, e))?
+        }
         None => BTreeMap::new(),
     };
     let parallelism = if let Some(max) = overrides.values().copied().max().filter(|m| *m > 0) {
@@ -319,7 +328,10 @@ pub fn reconfig_patch(fd: &FlinkDeployment, to: &JobConfig, path: &ApplyPath) ->
     let mut spec = Map::new();
     match path {
         ApplyPath::InPlace { vertices } => {
-            flink_conf.insert(conf::PARALLELISM_OVERRIDES.into(), json!(format_overrides(vertices, to.parallelism)));
+            flink_conf.insert(
+                conf::PARALLELISM_OVERRIDES.into(),
+                json!(format_overrides(vertices, to.parallelism)),
+            );
         }
         ApplyPath::Redeploy { upgrade_mode } => {
             let mut job = Map::new();
@@ -332,13 +344,16 @@ pub fn reconfig_patch(fd: &FlinkDeployment, to: &JobConfig, path: &ApplyPath) ->
             );
             if fd.spec.task_manager.as_ref().is_some_and(|t| t.replicas.is_some()) {
                 // With replicas set the operator runs replicas × slots; keep that exact or drop it.
-                let exact = to.parallelism % to.task_slots.max(1) == 0;
+                let exact = to.parallelism.is_multiple_of(to.task_slots.max(1));
                 tm.insert("replicas".into(), if exact { json!(to.taskmanagers()) } else { Value::Null });
             }
             spec.insert("job".into(), Value::Object(job));
             spec.insert("taskManager".into(), Value::Object(tm));
             flink_conf.insert(conf::TASK_SLOTS.into(), json!(to.task_slots.to_string()));
-            flink_conf.insert(conf::CHECKPOINT_INTERVAL.into(), json!(format_duration_ms(to.checkpoint_interval_ms)));
+            flink_conf.insert(
+                conf::CHECKPOINT_INTERVAL.into(),
+                json!(format_duration_ms(to.checkpoint_interval_ms)),
+            );
             if flat_flink_conf(fd).contains_key(conf::PARALLELISM_OVERRIDES) {
                 // Earlier in-place scaling: the overrides would win over job.parallelism.
                 flink_conf.insert(conf::PARALLELISM_OVERRIDES.into(), Value::Null);
@@ -448,7 +463,9 @@ pub enum Readiness {
 /// The operator's view of `fd` (`status.observedGeneration`, `reconciliationStatus`,
 /// `lifecycleState`, `jobStatus.state`).
 pub fn readiness(fd: &FlinkDeployment) -> Readiness {
-    let Some(st) = &fd.status else { return Readiness::Busy("the operator has not reported a status yet".into()) };
+    let Some(st) = &fd.status else {
+        return Readiness::Busy("the operator has not reported a status yet".into());
+    };
     let generation = fd.metadata.generation.unwrap_or(0);
     if observed_generation(fd).is_some_and(|g| g < generation) {
         return Readiness::Busy(format!(
@@ -465,7 +482,9 @@ pub fn readiness(fd: &FlinkDeployment) -> Readiness {
         None => what,
     };
     if matches!(lifecycle, "FAILED" | "ROLLED_BACK") || recon == "ROLLED_BACK" || matches!(job, "FAILED") {
-        return Readiness::Failed(with_error(format!("lifecycle {lifecycle}, reconciliation {recon}, job {job}")));
+        return Readiness::Failed(with_error(format!(
+            "lifecycle {lifecycle}, reconciliation {recon}, job {job}"
+        )));
     }
     if matches!(recon, "UPGRADING" | "ROLLING_BACK") || matches!(lifecycle, "UPGRADING" | "ROLLING_BACK") {
         return Readiness::Busy(format!("being upgraded (lifecycle {lifecycle}, reconciliation {recon})"));
@@ -547,7 +566,9 @@ impl JobAnnotations {
     pub fn quota(&self, base: Quota) -> Quota {
         Quota {
             max_total_cpu: self.max_cpu.map_or(base.max_total_cpu, |c| c.min(base.max_total_cpu)),
-            max_total_memory_mb: self.max_memory_mb.map_or(base.max_total_memory_mb, |m| m.min(base.max_total_memory_mb)),
+            max_total_memory_mb: self
+                .max_memory_mb
+                .map_or(base.max_total_memory_mb, |m| m.min(base.max_total_memory_mb)),
         }
     }
 
@@ -579,7 +600,11 @@ mod tests {
                     }),
                     ..Default::default()
                 }),
-                job: Some(JobSpec { parallelism: Some(8), upgrade_mode: Some("savepoint".into()), ..Default::default() }),
+                job: Some(JobSpec {
+                    parallelism: Some(8),
+                    upgrade_mode: Some("savepoint".into()),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
         );
@@ -682,7 +707,8 @@ mod tests {
             job_config_of(&f).unwrap_err().to_string(),
             "`flinkConfiguration.\"execution.checkpointing.interval\"` is not set"
         );
-        let f = fd(json!({"execution.checkpointing.interval": "10s", "taskmanager.numberOfTaskSlots": "two"}));
+        let f =
+            fd(json!({"execution.checkpointing.interval": "10s", "taskmanager.numberOfTaskSlots": "two"}));
         assert!(job_config_of(&f).unwrap_err().to_string().contains("taskmanager.numberOfTaskSlots"));
         let mut f = fd(json!({"execution.checkpointing.interval": "10s"}));
         f.spec.task_manager.as_mut().unwrap().resource.as_mut().unwrap().memory = Some("lots".into());
@@ -725,7 +751,10 @@ mod tests {
         merge_patch(&mut obj, &p);
         let after: FlinkDeployment = serde_json::from_value(obj.clone()).unwrap();
         assert_eq!(job_config_of(&after), Ok(to));
-        assert_eq!(obj.pointer("/spec/flinkConfiguration/execution/checkpointing/dir"), Some(&json!("s3://x")));
+        assert_eq!(
+            obj.pointer("/spec/flinkConfiguration/execution/checkpointing/dir"),
+            Some(&json!("s3://x"))
+        );
         // The inverse restores the original spec exactly.
         let mut back = obj.clone();
         merge_patch(&mut back, &inverse_patch(&p, &serde_json::to_value(&f).unwrap()));
@@ -761,7 +790,8 @@ mod tests {
 
     #[test]
     fn in_place_needs_what_the_operator_needs() {
-        let mut f = fd(json!({"jobmanager.scheduler": "adaptive", "execution.checkpointing.interval": "10s"}));
+        let mut f =
+            fd(json!({"jobmanager.scheduler": "adaptive", "execution.checkpointing.interval": "10s"}));
         assert!(supports_in_place(&f).unwrap_err().contains("job id"));
         f.status = Some(crd::FlinkDeploymentStatus {
             job_status: Some(crd::JobStatus { job_id: Some("abc".into()), ..Default::default() }),
@@ -834,7 +864,10 @@ mod tests {
         let c = a.constraints(Constraints::default());
         assert_eq!(c.latency_p95_ms, 500.0);
         assert_eq!(c.recovery_time_s, Constraints::default().recovery_time_s);
-        assert_eq!(a.problems, vec![format!("{}=\"fast\": not a positive number", crd::ANN_RECOVERY_BOUND_S)]);
+        assert_eq!(
+            a.problems,
+            vec![format!("{}=\"fast\": not a positive number", crd::ANN_RECOVERY_BOUND_S)]
+        );
         f.metadata.annotations.as_mut().unwrap().insert(crd::ANN_MODE.into(), "yolo".into());
         assert_eq!(JobAnnotations::of(&f).mode, Some(Mode::RecommendOnly));
     }

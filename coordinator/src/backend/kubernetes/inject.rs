@@ -220,10 +220,17 @@ spec:
         });
         let merged = inj.merged_pod_template(Some(&own));
         assert_eq!(merged["metadata"]["labels"], json!({"team": "ads", "demeter.dev/agent": "true"}));
-        let names: Vec<&str> =
-            merged["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = merged["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["flink-main-container", "demeter-agent"]);
-        assert_eq!(merged["spec"]["containers"][1]["image"], "ghcr.io/demeter-autoscaler/demeter-agent:0.1.0");
+        assert_eq!(
+            merged["spec"]["containers"][1]["image"],
+            "ghcr.io/demeter-autoscaler/demeter-agent:0.1.0"
+        );
         assert_eq!(merged["spec"]["containers"][0]["env"][0]["name"], "TZ");
         assert_eq!(merged["spec"]["volumes"].as_array().unwrap().len(), 2);
         assert_eq!(merged["spec"]["nodeSelector"], json!({"pool": "flink"}));

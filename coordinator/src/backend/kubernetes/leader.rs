@@ -156,8 +156,7 @@ impl LeaderElector {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let now = Instant::now();
-        let changed =
-            self.observed.as_ref().is_none_or(|(h, r, _)| *h != holder || *r != spec.renew_time);
+        let changed = self.observed.as_ref().is_none_or(|(h, r, _)| *h != holder || *r != spec.renew_time);
         if changed {
             self.observed = Some((holder.clone(), spec.renew_time.clone(), now));
         }

@@ -176,12 +176,15 @@ impl KubernetesOptions {
                 !le.lease_name.is_empty() && !namespace.is_empty(),
                 "leader_election.enabled needs leader_election.lease_name and lease_namespace (or POD_NAMESPACE)"
             );
-            o.leader_election = Some(LeaseConfig { namespace, name: le.lease_name.clone(), timing: LeaseTiming::default() });
+            o.leader_election =
+                Some(LeaseConfig { namespace, name: le.lease_name.clone(), timing: LeaseTiming::default() });
         }
         let ai = &cfg.agent_injection;
         if ai.enabled {
             let (Some(sidecar), Some(conf)) = (&ai.sidecar_file, &ai.flink_conf_file) else {
-                anyhow::bail!("agent_injection.enabled needs agent_injection.sidecar_file and flink_conf_file");
+                anyhow::bail!(
+                    "agent_injection.enabled needs agent_injection.sidecar_file and flink_conf_file"
+                );
             };
             o.injection = Some(AgentInjection::load(sidecar, conf)?);
         }
@@ -270,7 +273,9 @@ fn api_error(what: &str, e: kube::Error) -> BackendError {
                 "{what}: {} (HTTP {}); check the coordinator's RBAC (docs/kubernetes.md)",
                 s.message, s.code
             )),
-            409 | 429 | 500..=599 => BackendError::Transient(format!("{what}: {} (HTTP {})", s.message, s.code)),
+            409 | 429 | 500..=599 => {
+                BackendError::Transient(format!("{what}: {} (HTTP {})", s.message, s.code))
+            }
             code => BackendError::Failed(format!("{what}: {} (HTTP {code})", s.message)),
         },
         other => BackendError::Transient(format!("{what}: {other}")),
@@ -279,6 +284,13 @@ fn api_error(what: &str, e: kube::Error) -> BackendError {
 
 fn is_code(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// Makes ring the process's rustls provider unless one is installed already. The coordinator
+/// links two (ring through kube and async-nats, aws-lc-rs through reqwest), and with both rustls
+/// cannot pick one itself: building a `kube::Client` would panic. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn now_rfc3339() -> String {
@@ -296,11 +308,18 @@ impl KubernetesBackend {
         observations: Option<Arc<dyn ObservationSource>>,
     ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let reporter = Reporter { controller: opts.field_manager.clone(), instance: Some(opts.identity.clone()) };
+        let reporter =
+            Reporter { controller: opts.field_manager.clone(), instance: Some(opts.identity.clone()) };
         let recorder = Recorder::new(client.clone(), reporter);
         let (leader, always, elector) = match &opts.leader_election {
             Some(l) => {
-                let (e, rx) = LeaderElector::new(client.clone(), &l.namespace, &l.name, &opts.identity, l.timing.clone());
+                let (e, rx) = LeaderElector::new(
+                    client.clone(),
+                    &l.namespace,
+                    &l.name,
+                    &opts.identity,
+                    l.timing.clone(),
+                );
                 (rx, None, Some(e))
             }
             None => {
@@ -308,8 +327,11 @@ impl KubernetesBackend {
                 (rx, Some(tx), None)
             }
         };
-        let namespaces: Vec<Option<String>> =
-            if cfg.namespaces.is_empty() { vec![None] } else { cfg.namespaces.iter().cloned().map(Some).collect() };
+        let namespaces: Vec<Option<String>> = if cfg.namespaces.is_empty() {
+            vec![None]
+        } else {
+            cfg.namespaces.iter().cloned().map(Some).collect()
+        };
         let mut writers = Vec::new();
         let mut stores = Vec::new();
         for ns in namespaces {
@@ -383,9 +405,10 @@ impl KubernetesBackend {
         observations: Option<Arc<dyn ObservationSource>>,
     ) -> anyhow::Result<Self> {
         let opts = KubernetesOptions::from_config(cfg)?;
-        let client = Client::try_default()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API (in-cluster or kubeconfig): {e}"))?;
+        install_crypto_provider();
+        let client = Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!("cannot reach the Kubernetes API (in-cluster or kubeconfig): {e}")
+        })?;
         Ok(Self::start(client, cfg, opts, observations))
     }
 
@@ -394,6 +417,7 @@ impl KubernetesBackend {
     /// profiling (use [`KubernetesBackend::start`] to provide one).
     pub fn build(cfg: &CoordinatorConfig) -> anyhow::Result<Self> {
         let opts = KubernetesOptions::from_config(cfg)?;
+        install_crypto_provider();
         let config = match kube::Config::incluster() {
             Ok(c) => c,
             Err(in_cluster) => {
@@ -408,8 +432,20 @@ impl KubernetesBackend {
                 })?
             }
         };
-        let client = Client::try_from(config).map_err(|e| anyhow::anyhow!("cannot create the Kubernetes client: {e}"))?;
+        let client = Client::try_from(config)
+            .map_err(|e| anyhow::anyhow!("cannot create the Kubernetes client: {e}"))?;
         Ok(Self::start(client, cfg, opts, None))
+    }
+
+    /// If `job` is the profiling copy of a run this backend is running: its target and run id.
+    /// The runtime uses it to route the copy's metrics to its [`ObservationSource`] instead of
+    /// managing the copy as a job of its own.
+    pub fn profiling_copy_of(&self, job: &JobKey) -> Option<(JobKey, u64)> {
+        let budget = self.inner.budget.lock().expect("budget lock");
+        budget.keys().find_map(|(target, run_id)| {
+            let copy = JobKey::new(&target.namespace, profiling::copy_name(&target.name, *run_id));
+            (copy == *job).then(|| (target.clone(), *run_id))
+        })
     }
 
     /// `true` while this replica may act. Follows the Lease; always `true` without election.
@@ -437,7 +473,10 @@ impl KubernetesBackend {
     /// The per-job settings the annotations give, with `[controller]`/`[[jobs]]` as the base:
     /// mode, quota (annotations can only lower it) and constraints. `None` for a job that is not
     /// (or not yet) seen as opted in.
-    pub fn job_settings(&self, job: &JobKey) -> Option<(Mode, demeter_common::Quota, demeter_common::Constraints)> {
+    pub fn job_settings(
+        &self,
+        job: &JobKey,
+    ) -> Option<(Mode, demeter_common::Quota, demeter_common::Constraints)> {
         let fd = self.inner.cached(job)?;
         let a = JobAnnotations::of(&fd);
         let base = self.inner.cfg.controller_config_for(job, a.mode);
@@ -464,14 +503,17 @@ impl KubernetesBackend {
         };
         inner.event(&fd, EventType::Normal, "Recommendation", "Recommend", note).await;
         inner
-            .write_status(job, DemeterStatus {
-                mode,
-                current: Some(*current),
-                recommended: Some(*recommended),
-                reason: reason.to_string(),
-                last_action: "Recommendation".into(),
-                updated_at: now_rfc3339(),
-            })
+            .write_status(
+                job,
+                DemeterStatus {
+                    mode,
+                    current: Some(*current),
+                    recommended: Some(*recommended),
+                    reason: reason.to_string(),
+                    last_action: "Recommendation".into(),
+                    updated_at: now_rfc3339(),
+                },
+            )
             .await
     }
 }
@@ -492,7 +534,9 @@ impl Inner {
     async fn call<T>(&self, what: &str, f: impl Future<Output = Result<T, kube::Error>>) -> BackendResult<T> {
         match tokio::time::timeout(self.opts.api_timeout, f).await {
             Ok(r) => r.map_err(|e| api_error(what, e)),
-            Err(_) => Err(BackendError::Transient(format!("{what}: no answer within {:?}", self.opts.api_timeout))),
+            Err(_) => {
+                Err(BackendError::Transient(format!("{what}: no answer within {:?}", self.opts.api_timeout)))
+            }
         }
     }
 
@@ -523,11 +567,14 @@ impl Inner {
             let cut = (0..=1000).rev().find(|i| note.is_char_boundary(*i)).unwrap_or(0);
             note.truncate(cut);
         }
-        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        let ev =
+            Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         let reference = fd.object_ref(&());
         match tokio::time::timeout(self.opts.api_timeout, self.recorder.publish(&ev, &reference)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(object = ?reference.name, reason, error = %e, "could not publish an Event"),
+            Ok(Err(e)) => {
+                tracing::warn!(object = ?reference.name, reason, error = %e, "could not publish an Event")
+            }
             Err(_) => tracing::warn!(object = ?reference.name, reason, "publishing an Event timed out"),
         }
     }
@@ -575,10 +622,11 @@ impl Inner {
             tracing::debug!(job = %key, why, "not injecting the agent while the job is busy");
             return;
         }
-        let r = self.call(&format!("injecting the agent into {key}"), async {
-            self.api(ns).patch(&key.name, &self.patch_params(), &Patch::Merge(&patch)).await
-        });
-        match r.await {
+        let what = format!("injecting the agent into {key}");
+        let r = self
+            .call(&what, self.api(ns).patch(&key.name, &self.patch_params(), &Patch::Merge(&patch)))
+            .await;
+        match r {
             Ok(_) => {
                 tracing::info!(job = %key, "injected the demeter-agent sidecar");
                 let note = format!(
@@ -618,7 +666,10 @@ impl Inner {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            tokio::time::sleep(self.opts.poll_interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(
+                self.opts.poll_interval.min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
     }
 
@@ -659,10 +710,15 @@ impl Inner {
             attempts += 1;
             let fd = self.get(job).await?;
             if !fd.is_managed() {
-                return Err(BackendError::Failed(format!("{job} is not opted in (label {}=true)", crd::LABEL_MANAGED)));
+                return Err(BackendError::Failed(format!(
+                    "{job} is not opted in (label {}=true)",
+                    crd::LABEL_MANAGED
+                )));
             }
             if self.mode_of(job, &fd) != Mode::Apply {
-                return Err(BackendError::Failed(format!("{job} is in recommend-only mode: nothing is applied")));
+                return Err(BackendError::Failed(format!(
+                    "{job} is in recommend-only mode: nothing is applied"
+                )));
             }
             let a = JobAnnotations::of(&fd);
             let quota = a.quota(self.cfg.controller_config_for(job, a.mode).quota);
@@ -686,11 +742,15 @@ impl Inner {
             match convert::readiness(&fd) {
                 Readiness::Stable => {}
                 Readiness::Failed(why) => {
-                    return Err(BackendError::Failed(format!("{job} is not healthy ({why}): not touching it")));
+                    return Err(BackendError::Failed(format!(
+                        "{job} is not healthy ({why}): not touching it"
+                    )));
                 }
                 Readiness::Busy(why) => {
                     if started.elapsed() >= self.opts.busy_wait {
-                        return Err(BackendError::Transient(format!("{job} is busy ({why}): not touching it")));
+                        return Err(BackendError::Transient(format!(
+                            "{job} is busy ({why}): not touching it"
+                        )));
                     }
                     tracing::info!(job = %job, why, "waiting for the operator before reconfiguring");
                     tokio::time::sleep(self.opts.poll_interval).await;
@@ -702,7 +762,13 @@ impl Inner {
             let patch = convert::reconfig_patch(&fd, &r.to, &path);
             ours = Some((serde_json::to_value(&fd).expect("serialises"), patch.clone()));
             let what = format!("patching {job}");
-            match self.call(&what, self.api(&job.namespace).patch(&job.name, &self.patch_params(), &Patch::Merge(&patch))).await {
+            match self
+                .call(
+                    &what,
+                    self.api(&job.namespace).patch(&job.name, &self.patch_params(), &Patch::Merge(&patch)),
+                )
+                .await
+            {
                 Ok(new) => {
                     tracing::info!(job = %job, id = r.id, ?path, "patched FlinkDeployment");
                     break new.metadata.generation.unwrap_or(0);
@@ -722,8 +788,9 @@ impl Inner {
         let mut downtime = Duration::ZERO;
         let outcome = self
             .poll_until(job, self.opts.settle_timeout, |fd| {
-                let running = fd.status.as_ref().and_then(|s| s.job_status.as_ref()).and_then(|j| j.state.as_deref())
-                    == Some("RUNNING");
+                let running =
+                    fd.status.as_ref().and_then(|s| s.job_status.as_ref()).and_then(|j| j.state.as_deref())
+                        == Some("RUNNING");
                 match (running, down_since) {
                     (false, None) => down_since = Some(Instant::now()),
                     (true, Some(t)) => {
@@ -751,7 +818,11 @@ impl Inner {
                     mode: Mode::Apply,
                     current: Some(r.to),
                     recommended: Some(r.to),
-                    reason: format!("reconfiguration {} applied in {:.0}s", r.id, patched_at.elapsed().as_secs_f64()),
+                    reason: format!(
+                        "reconfiguration {} applied in {:.0}s",
+                        r.id,
+                        patched_at.elapsed().as_secs_f64()
+                    ),
                     last_action: "Reconfigured".into(),
                     updated_at: now_rfc3339(),
                 };
@@ -761,17 +832,31 @@ impl Inner {
                 return Ok(ReconfigReport::new(downtime.as_secs_f64()));
             }
             Some(Err(why)) => format!("the operator reports a failure: {why}"),
-            None => format!("not RUNNING and STABLE within {}", humantime::format_duration(self.opts.settle_timeout)),
+            None => format!(
+                "not RUNNING and STABLE within {}",
+                humantime::format_duration(self.opts.settle_timeout)
+            ),
         };
         let Some((original, patch)) = ours else {
-            return Err(BackendError::Failed(format!("{} → {}: {why} (not changed by this coordinator: not rolled back)", r.from, r.to)));
+            return Err(BackendError::Failed(format!(
+                "{} → {}: {why} (not changed by this coordinator: not rolled back)",
+                r.from, r.to
+            )));
         };
         self.roll_back(job, r, &original, &patch, &why).await
     }
 
-    async fn plan_path(&self, fd: &FlinkDeployment, current: &JobConfig, r: &Reconfiguration, note: &mut String) -> ApplyPath {
+    async fn plan_path(
+        &self,
+        fd: &FlinkDeployment,
+        current: &JobConfig,
+        r: &Reconfiguration,
+        note: &mut String,
+    ) -> ApplyPath {
         let redeploy = ApplyPath::Redeploy { upgrade_mode: self.upgrade_mode_for(fd) };
-        if r.kind != demeter_core::controller::ReconfigKind::InPlace || !current.parallelism_only_change(&r.to) {
+        if r.kind != demeter_core::controller::ReconfigKind::InPlace
+            || !current.parallelism_only_change(&r.to)
+        {
             return redeploy;
         }
         if let Err(why) = convert::supports_in_place(fd) {
@@ -803,7 +888,13 @@ impl Inner {
             let fd = self.get(job).await?;
             inverse["metadata"] = json!({ "resourceVersion": fd.metadata.resource_version });
             let what = format!("rolling back {job}");
-            match self.call(&what, self.api(&job.namespace).patch(&job.name, &self.patch_params(), &Patch::Merge(&inverse))).await {
+            match self
+                .call(
+                    &what,
+                    self.api(&job.namespace).patch(&job.name, &self.patch_params(), &Patch::Merge(&inverse)),
+                )
+                .await
+            {
                 Ok(new) => {
                     generation = new.metadata.generation.unwrap_or(0);
                     break;
@@ -849,7 +940,10 @@ impl Inner {
     }
 
     fn chaos_api(&self, ns: &str) -> Api<DynamicObject> {
-        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("chaos-mesh.org", "v1alpha1", "NetworkChaos"), "networkchaos");
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("chaos-mesh.org", "v1alpha1", "NetworkChaos"),
+            "networkchaos",
+        );
         Api::namespaced_with(self.client.clone(), ns, &ar)
     }
 
@@ -875,7 +969,10 @@ impl Inner {
     async fn profile(self: &Arc<Self>, job: &JobKey, run: &ProfilingRun) -> BackendResult<PerfSample> {
         self.require_leader("profile it")?;
         let Some(source) = self.observations.clone() else {
-            return Err(BackendError::Unsupported { backend: "kubernetes", operation: "profiling without an observation source" });
+            return Err(BackendError::Unsupported {
+                backend: "kubernetes",
+                operation: "profiling without an observation source",
+            });
         };
         let target = self.get(job).await?;
         if !target.is_managed() || self.mode_of(job, &target) != Mode::Apply {
@@ -884,11 +981,17 @@ impl Inner {
         let a = JobAnnotations::of(&target);
         let quota = a.quota(self.cfg.controller_config_for(job, a.mode).quota);
         if !quota.admits(&run.config) {
-            return Err(BackendError::Failed(format!("candidate {} is over the job's quota: not profiled", run.config)));
+            return Err(BackendError::Failed(format!(
+                "candidate {} is over the job's quota: not profiled",
+                run.config
+            )));
         }
         let _reservation = self.reserve(job, run)?;
-        let lifetime = Duration::from_secs(run.duration_s as u64) + self.opts.settle_timeout + self.opts.profiling.expiry_slack;
-        let expires_at = Timestamp::now() + SignedDuration::try_from(lifetime).unwrap_or(SignedDuration::from_hours(1));
+        let lifetime = Duration::from_secs(run.duration_s as u64)
+            + self.opts.settle_timeout
+            + self.opts.profiling.expiry_slack;
+        let expires_at =
+            Timestamp::now() + SignedDuration::try_from(lifetime).unwrap_or(SignedDuration::from_hours(1));
         let plan = CopyPlan {
             run_id: run.run_id,
             config: run.config,
@@ -910,17 +1013,29 @@ impl Inner {
                 self.call(&what, api.create(&pp, &copy)).await?
             }
             Ok(Err(e)) => return Err(api_error(&what, e)),
-            Err(_) => return Err(BackendError::Transient(format!("{what}: no answer within {:?}", self.opts.api_timeout))),
+            Err(_) => {
+                return Err(BackendError::Transient(format!(
+                    "{what}: no answer within {:?}",
+                    self.opts.api_timeout
+                )));
+            }
         };
-        let note = format!("profiling {} in {} for {}s (run {})", run.config, copy_key.name, run.duration_s, run.run_id);
+        let note = format!(
+            "profiling {} in {} for {}s (run {})",
+            run.config, copy_key.name, run.duration_s, run.run_id
+        );
         self.event(&target, EventType::Normal, "ProfilingStarted", "Profile", note).await;
         let result = self.measure(&created, &copy_key, run, source.as_ref()).await;
         let cleanup = self.delete_run(job, run.run_id).await;
         let (type_, reason, note) = match &result {
-            Ok(s) => (EventType::Normal, "ProfilingFinished", format!(
-                "run {}: {} handled {:.0}/s of {:.0}/s at p95 {:.0} ms, recovery {:?}",
-                run.run_id, run.config, s.throughput, s.offered_rate, s.p95_latency_ms, s.recovery
-            )),
+            Ok(s) => (
+                EventType::Normal,
+                "ProfilingFinished",
+                format!(
+                    "run {}: {} handled {:.0}/s of {:.0}/s at p95 {:.0} ms, recovery {:?}",
+                    run.run_id, run.config, s.throughput, s.offered_rate, s.p95_latency_ms, s.recovery
+                ),
+            ),
             Err(e) => (EventType::Warning, "ProfilingFailed", format!("run {}: {e}", run.run_id)),
         };
         self.event(&target, type_, reason, "Profile", note).await;
@@ -947,7 +1062,11 @@ impl Inner {
         match stable {
             Some(Ok(())) => {}
             Some(Err(why)) => return Err(BackendError::Failed(format!("the profiling copy failed: {why}"))),
-            None => return Err(BackendError::Failed("the profiling copy did not become RUNNING and STABLE in time".into())),
+            None => {
+                return Err(BackendError::Failed(
+                    "the profiling copy did not become RUNNING and STABLE in time".into(),
+                ));
+            }
         }
         let running_at = UnixMillis::now();
         let started = Instant::now();
@@ -960,7 +1079,9 @@ impl Inner {
                     failure_at = Some(UnixMillis::now());
                     fault_ends_at = fault.map(|d| UnixMillis(UnixMillis::now().0 + d.as_millis() as i64));
                 }
-                Err(e) => tracing::warn!(copy = %copy_key, error = %e, "no failure injected; measuring without recovery"),
+                Err(e) => {
+                    tracing::warn!(copy = %copy_key, error = %e, "no failure injected; measuring without recovery")
+                }
             }
         }
         let total = Duration::from_secs(run.duration_s as u64);
@@ -969,24 +1090,42 @@ impl Inner {
         let obs = source.observations(copy_key, running_at).await;
         let times = RunTimes { running_at, failure_at, fault_ends_at, end };
         let p = &self.opts.profiling;
-        profiling::sample_from(run.config, &obs, &times, p.sample_window.as_millis() as i64, p.warmup.as_millis() as i64)
-            .map_err(BackendError::Failed)
+        profiling::sample_from(
+            run.config,
+            &obs,
+            &times,
+            p.sample_window.as_millis() as i64,
+            p.warmup.as_millis() as i64,
+        )
+        .map_err(BackendError::Failed)
     }
 
     /// Injects the failure; returns how long the fault acts when known (the chaos duration).
-    async fn inject_failure(&self, copy: &FlinkDeployment, copy_key: &JobKey, run_id: u64) -> Result<Option<Duration>, String> {
+    async fn inject_failure(
+        &self,
+        copy: &FlinkDeployment,
+        copy_key: &JobKey,
+        run_id: u64,
+    ) -> Result<Option<Duration>, String> {
         if self.opts.chaos_mesh {
             let dur = self.opts.profiling.chaos_duration;
             let chaos: DynamicObject =
-                serde_json::from_value(profiling::network_chaos(copy, run_id, dur.as_secs() as u32)).map_err(|e| e.to_string())?;
+                serde_json::from_value(profiling::network_chaos(copy, run_id, dur.as_secs() as u32))
+                    .map_err(|e| e.to_string())?;
             let api = self.chaos_api(&copy_key.namespace);
-            match tokio::time::timeout(self.opts.api_timeout, api.create(&PostParams::default(), &chaos)).await {
+            match tokio::time::timeout(self.opts.api_timeout, api.create(&PostParams::default(), &chaos))
+                .await
+            {
                 Ok(Ok(_)) => return Ok(Some(dur)),
                 Ok(Err(e)) if is_code(&e, 404) => {
                     tracing::info!(copy = %copy_key, "Chaos Mesh is not installed; deleting a TaskManager pod instead");
                 }
-                Ok(Err(e)) => tracing::warn!(copy = %copy_key, error = %e, "NetworkChaos not created; deleting a TaskManager pod instead"),
-                Err(_) => tracing::warn!(copy = %copy_key, "NetworkChaos creation timed out; deleting a TaskManager pod instead"),
+                Ok(Err(e)) => {
+                    tracing::warn!(copy = %copy_key, error = %e, "NetworkChaos not created; deleting a TaskManager pod instead")
+                }
+                Err(_) => {
+                    tracing::warn!(copy = %copy_key, "NetworkChaos creation timed out; deleting a TaskManager pod instead")
+                }
             }
         }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &copy_key.namespace);
@@ -1003,7 +1142,13 @@ impl Inner {
     }
 
     async fn delete_copy(&self, copy: &JobKey) -> BackendResult<()> {
-        match self.call(&format!("deleting {copy}"), self.api(&copy.namespace).delete(&copy.name, &DeleteParams::background())).await {
+        match self
+            .call(
+                &format!("deleting {copy}"),
+                self.api(&copy.namespace).delete(&copy.name, &DeleteParams::background()),
+            )
+            .await
+        {
             Ok(_) | Err(BackendError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -1027,14 +1172,20 @@ impl Inner {
     /// Deletes every object of a profiling run (copies and NetworkChaos), wherever its
     /// coordinator left it. Missing objects are fine.
     async fn delete_run(&self, job: &JobKey, run_id: u64) -> BackendResult<()> {
-        let selector = format!("{}={},{}={run_id}", crd::LABEL_PROFILING_OF, job.name, crd::LABEL_PROFILING_RUN);
+        let selector =
+            format!("{}={},{}={run_id}", crd::LABEL_PROFILING_OF, job.name, crd::LABEL_PROFILING_RUN);
         let lp = ListParams::default().labels(&selector);
         if self.opts.chaos_mesh {
             let api = self.chaos_api(&job.namespace);
             match tokio::time::timeout(self.opts.api_timeout, api.list(&lp)).await {
                 Ok(Ok(list)) => {
                     for c in list.items {
-                        let _ = self.call("deleting NetworkChaos", api.delete(&c.name_any(), &DeleteParams::default())).await;
+                        let _ = self
+                            .call(
+                                "deleting NetworkChaos",
+                                api.delete(&c.name_any(), &DeleteParams::default()),
+                            )
+                            .await;
                     }
                 }
                 Ok(Err(e)) if is_code(&e, 404) => {}
@@ -1067,7 +1218,10 @@ impl Inner {
                 }
             };
             for c in list.items {
-                let expired = c.annotation(crd::ANN_EXPIRES_AT).and_then(|s| s.parse::<Timestamp>().ok()).is_none_or(|t| t <= now);
+                let expired = c
+                    .annotation(crd::ANN_EXPIRES_AT)
+                    .and_then(|s| s.parse::<Timestamp>().ok())
+                    .is_none_or(|t| t <= now);
                 let Some(ns) = c.namespace() else { continue };
                 if expired {
                     let key = JobKey::new(ns, c.name_any());
@@ -1100,8 +1254,14 @@ impl Backend for KubernetesBackend {
             for s in &inner.stores {
                 match tokio::time::timeout(inner.opts.api_timeout, s.wait_until_ready()).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(BackendError::Failed("the FlinkDeployment watch stopped".into())),
-                    Err(_) => return Err(BackendError::Transient("the FlinkDeployment watch has not listed yet".into())),
+                    Ok(Err(_)) => {
+                        return Err(BackendError::Failed("the FlinkDeployment watch stopped".into()));
+                    }
+                    Err(_) => {
+                        return Err(BackendError::Transient(
+                            "the FlinkDeployment watch has not listed yet".into(),
+                        ));
+                    }
                 }
             }
             let mut jobs: Vec<BackendJob> = inner
@@ -1111,7 +1271,10 @@ impl Backend for KubernetesBackend {
                 .filter(|fd| fd.is_managed() && !fd.is_profiling_copy())
                 .filter_map(|fd| {
                     let key = JobKey::new(fd.namespace()?, fd.name_any());
-                    inner.cfg.watches(&key.namespace).then(|| BackendJob { key, mode: JobAnnotations::of(&fd).mode })
+                    inner
+                        .cfg
+                        .watches(&key.namespace)
+                        .then(|| BackendJob { key, mode: JobAnnotations::of(&fd).mode })
                 })
                 .collect();
             jobs.sort_by(|a, b| a.key.cmp(&b.key));
@@ -1123,15 +1286,24 @@ impl Backend for KubernetesBackend {
     fn current_config<'a>(&'a self, job: &'a JobKey) -> BoxFuture<'a, BackendResult<JobConfig>> {
         Box::pin(async move {
             let fd = self.inner.get(job).await?;
-            convert::job_config_of(&fd).map_err(|e| BackendError::Failed(format!("cannot read the configuration of {job}: {e}")))
+            convert::job_config_of(&fd)
+                .map_err(|e| BackendError::Failed(format!("cannot read the configuration of {job}: {e}")))
         })
     }
 
-    fn reconfigure<'a>(&'a self, job: &'a JobKey, r: &'a Reconfiguration) -> BoxFuture<'a, BackendResult<ReconfigReport>> {
+    fn reconfigure<'a>(
+        &'a self,
+        job: &'a JobKey,
+        r: &'a Reconfiguration,
+    ) -> BoxFuture<'a, BackendResult<ReconfigReport>> {
         Box::pin(self.inner.reconfigure(job, r))
     }
 
-    fn start_profiling<'a>(&'a self, job: &'a JobKey, run: &'a ProfilingRun) -> BoxFuture<'a, BackendResult<PerfSample>> {
+    fn start_profiling<'a>(
+        &'a self,
+        job: &'a JobKey,
+        run: &'a ProfilingRun,
+    ) -> BoxFuture<'a, BackendResult<PerfSample>> {
         Box::pin(async move { self.inner.profile(job, run).await })
     }
 

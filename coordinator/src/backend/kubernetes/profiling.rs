@@ -65,7 +65,8 @@ pub fn profiling_copy(target: &FlinkDeployment, plan: &CopyPlan<'_>) -> Result<F
     let uid = target.metadata.uid.clone().ok_or("the target has no uid (not read from the API server)")?;
     let mut spec = serde_json::to_value(&target.spec).map_err(|e| e.to_string())?;
     // The candidate configuration, written the way a redeploy would write it.
-    let patch = reconfig_patch(target, &plan.config, &ApplyPath::Redeploy { upgrade_mode: "stateless".into() });
+    let patch =
+        reconfig_patch(target, &plan.config, &ApplyPath::Redeploy { upgrade_mode: "stateless".into() });
     merge_patch(&mut spec, &patch["spec"]);
     let mut copy_spec: crd::FlinkDeploymentSpec = serde_json::from_value(spec).map_err(|e| e.to_string())?;
     copy_spec.restart_nonce = None;
@@ -102,7 +103,9 @@ pub fn profiling_copy(target: &FlinkDeployment, plan: &CopyPlan<'_>) -> Result<F
             name: Some(copy_name(&name, plan.run_id)),
             namespace: target.metadata.namespace.clone(),
             labels: Some(labels),
-            annotations: Some([(crd::ANN_EXPIRES_AT.to_string(), plan.expires_at.clone())].into_iter().collect()),
+            annotations: Some(
+                [(crd::ANN_EXPIRES_AT.to_string(), plan.expires_at.clone())].into_iter().collect(),
+            ),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
@@ -195,7 +198,8 @@ pub fn sample_from(
 ) -> Result<PerfSample, String> {
     let measure_end = t.failure_at.unwrap_or(t.end);
     let start = (t.running_at.0 + warmup_ms).max(measure_end.0 - window_ms);
-    let before: Vec<&JobObservation> = obs.iter().filter(|o| o.at.0 >= start && o.at.0 < measure_end.0).collect();
+    let before: Vec<&JobObservation> =
+        obs.iter().filter(|o| o.at.0 >= start && o.at.0 < measure_end.0).collect();
     if before.is_empty() {
         return Err(format!(
             "no observations of the copy between {} and {} (is the agent injected, and does the runtime route the copy's metrics?)",
@@ -211,7 +215,11 @@ pub fn sample_from(
     let p95 = if lats.is_empty() {
         // Documented proxy: the time the backlog represents at the current throughput.
         let lag = mean(|o| o.lag);
-        if throughput > 0.0 { lag / throughput * 1000.0 } else { return Err("the copy processed nothing".into()) }
+        if throughput > 0.0 {
+            lag / throughput * 1000.0
+        } else {
+            return Err("the copy processed nothing".into());
+        }
     } else {
         lats.iter().sum::<f64>() / lats.len() as f64
     };
@@ -219,7 +227,8 @@ pub fn sample_from(
         let last = before.last().expect("non-empty");
         let lag_before = last.lag;
         let tolerance = 5.0 * last.offered_rate.max(offered).max(100.0);
-        let keeps_up = |o: &JobObservation| o.throughput >= 0.9 * o.offered_rate && o.lag <= lag_before + tolerance;
+        let keeps_up =
+            |o: &JobObservation| o.throughput >= 0.9 * o.offered_rate && o.lag <= lag_before + tolerance;
         let after: Vec<&JobObservation> = obs.iter().filter(|o| o.at.0 >= f.0).collect();
         let fell_behind = after.iter().find(|o| !keeps_up(o)).map(|o| o.at.0);
         let search_from = match (t.fault_ends_at, fell_behind) {
@@ -260,7 +269,11 @@ mod tests {
                     [("execution.checkpointing.interval".to_string(), json!("10s"))].into_iter().collect(),
                 ),
                 task_manager: Some(TaskManagerSpec {
-                    resource: Some(Resource { cpu: Some(1.into()), memory: Some("2048m".into()), ..Default::default() }),
+                    resource: Some(Resource {
+                        cpu: Some(1.into()),
+                        memory: Some("2048m".into()),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 job: Some(JobSpec {
@@ -276,7 +289,8 @@ mod tests {
         );
         f.metadata.namespace = Some("flink".into());
         f.metadata.uid = Some("uid-1".into());
-        f.metadata.labels = Some([(crd::LABEL_MANAGED.to_string(), "true".to_string())].into_iter().collect());
+        f.metadata.labels =
+            Some([(crd::LABEL_MANAGED.to_string(), "true".to_string())].into_iter().collect());
         f.status = Some(crd::FlinkDeploymentStatus {
             job_status: Some(crd::JobStatus {
                 savepoint_info: Some(json!({"lastSavepoint": {"location": "s3://sp/1"}})),
@@ -298,8 +312,20 @@ mod tests {
     #[test]
     fn the_copy_runs_the_candidate_and_is_owned_labelled_and_expiring() {
         let t = target();
-        let config = JobConfig { parallelism: 6, task_slots: 2, tm_cpu_milli: 2000, tm_memory_mb: 4096, checkpoint_interval_ms: 30_000 };
-        let plan = CopyPlan { run_id: 12, config, expires_at: "2030-01-01T00:00:00Z".into(), injection: None, field_manager: "demeter" };
+        let config = JobConfig {
+            parallelism: 6,
+            task_slots: 2,
+            tm_cpu_milli: 2000,
+            tm_memory_mb: 4096,
+            checkpoint_interval_ms: 30_000,
+        };
+        let plan = CopyPlan {
+            run_id: 12,
+            config,
+            expires_at: "2030-01-01T00:00:00Z".into(),
+            injection: None,
+            field_manager: "demeter",
+        };
         let c = profiling_copy(&t, &plan).unwrap();
         assert_eq!(crate::backend::kubernetes::convert::job_config_of(&c), Ok(config));
         assert!(!c.is_managed() && c.is_profiling_copy());
@@ -354,19 +380,26 @@ mod tests {
         // Backlog within 5 s of input (5000) of the 50 before: 30000 - 1500k <= 5050 → k = 17 → 146 s.
         assert_eq!(s.recovery, Some(RecoveryTime::Measured(46.0)));
 
-        let stuck: Vec<JobObservation> =
-            o.iter().cloned().map(|mut x| {
+        let stuck: Vec<JobObservation> = o
+            .iter()
+            .cloned()
+            .map(|mut x| {
                 if x.at.0 >= 100_000 {
                     x.throughput = 0.0;
                 }
                 x
-            }).collect();
+            })
+            .collect();
         let s = sample_from(JobConfig::STATIC_DEFAULT, &stuck, &t, 60_000, 20_000).unwrap();
         assert_eq!(s.recovery, Some(RecoveryTime::NotRecovered(100.0)));
 
         let none = RunTimes { failure_at: None, fault_ends_at: None, end: UnixMillis(100_000), ..t };
         let s = sample_from(JobConfig::STATIC_DEFAULT, &o[..100], &none, 60_000, 20_000).unwrap();
         assert_eq!(s.recovery, None);
-        assert!(sample_from(JobConfig::STATIC_DEFAULT, &[], &none, 60_000, 0).unwrap_err().contains("no observations"));
+        assert!(
+            sample_from(JobConfig::STATIC_DEFAULT, &[], &none, 60_000, 0)
+                .unwrap_err()
+                .contains("no observations")
+        );
     }
 }

@@ -3,9 +3,7 @@
 //! `UPGRADING` to `DEPLOYED`/`STABLE` with the job `RUNNING` (or to a failure), and keeps one
 //! TaskManager pod per TaskManager (`app=<name>, component=taskmanager`).
 
-#![allow(dead_code)]
-
-use super::fake_apiserver::{FakeApiServer, flinkdeployments, pods};
+use super::{FakeApiServer, flinkdeployments, pods};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +29,12 @@ pub struct OperatorSim {
     task: Arc<tokio::task::JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for OperatorSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorSim").field("delay", &self.delay).finish()
+    }
+}
+
 impl Drop for OperatorSim {
     fn drop(&mut self) {
         if Arc::strong_count(&self.task) == 1 {
@@ -50,7 +54,11 @@ fn parallelism(spec: &Value) -> i64 {
         .and_then(Value::as_str)
         .map(|s| s.split(',').filter_map(|p| p.split_once(':')?.1.parse::<i64>().ok()).max().unwrap_or(0))
         .unwrap_or(0);
-    let p = if overrides > 0 { overrides } else { spec.pointer("/job/parallelism").and_then(Value::as_i64).unwrap_or(1) };
+    let p = if overrides > 0 {
+        overrides
+    } else {
+        spec.pointer("/job/parallelism").and_then(Value::as_i64).unwrap_or(1)
+    };
     (p + slots - 1) / slots
 }
 
@@ -68,11 +76,17 @@ impl OperatorSim {
                 let live: Vec<(String, String)> = srv
                     .list(&flinkdeployments(), None)
                     .iter()
-                    .map(|f| (f["metadata"]["namespace"].as_str().unwrap_or("").into(), f["metadata"]["name"].as_str().unwrap_or("").into()))
+                    .map(|f| {
+                        (
+                            f["metadata"]["namespace"].as_str().unwrap_or("").into(),
+                            f["metadata"]["name"].as_str().unwrap_or("").into(),
+                        )
+                    })
                     .collect();
                 for p in srv.list(&pods(), None) {
                     let ns = p["metadata"]["namespace"].as_str().unwrap_or("").to_string();
-                    let app = p.pointer("/metadata/labels/app").and_then(Value::as_str).unwrap_or("").to_string();
+                    let app =
+                        p.pointer("/metadata/labels/app").and_then(Value::as_str).unwrap_or("").to_string();
                     if !live.contains(&(ns.clone(), app)) {
                         srv.delete(&pods(), &ns, p["metadata"]["name"].as_str().unwrap_or(""));
                     }
@@ -81,7 +95,8 @@ impl OperatorSim {
                     let ns = fd["metadata"]["namespace"].as_str().unwrap_or("").to_string();
                     let name = fd["metadata"]["name"].as_str().unwrap_or("").to_string();
                     let generation = fd["metadata"]["generation"].as_i64().unwrap_or(1);
-                    let observed = fd.pointer("/status/observedGeneration").and_then(Value::as_i64).unwrap_or(0);
+                    let observed =
+                        fd.pointer("/status/observedGeneration").and_then(Value::as_i64).unwrap_or(0);
                     let key = (ns.clone(), name.clone());
                     if observed >= generation {
                         rolling.remove(&key);
@@ -117,7 +132,9 @@ impl OperatorSim {
                             });
                             let tms = parallelism(&fd["spec"]);
                             for p in srv.list(&pods(), Some(&ns)) {
-                                if p.pointer("/metadata/labels/app").and_then(Value::as_str) == Some(name.as_str()) {
+                                if p.pointer("/metadata/labels/app").and_then(Value::as_str)
+                                    == Some(name.as_str())
+                                {
                                     let pn = p["metadata"]["name"].as_str().unwrap().to_string();
                                     srv.delete(&pods(), &ns, &pn);
                                 }

@@ -20,8 +20,10 @@
 //!   timeout, or are carried out and then answered late (a lost response); watch streams can be
 //!   dropped at will.
 //! - Every request is recorded (method, path, query, content type, body, answer) for assertions.
+//!
+//! [`operator::OperatorSim`] plays the Flink Kubernetes Operator against it.
 
-#![allow(dead_code)]
+pub mod operator;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -141,6 +143,12 @@ pub struct FakeApiServer {
     task: Arc<tokio::task::JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for FakeApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeApiServer").field("addr", &self.addr).finish()
+    }
+}
+
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
         if Arc::strong_count(&self.task) == 1 {
@@ -182,7 +190,13 @@ impl FakeApiServer {
         reg(core_events(), "Event", false, false);
         reg(pods(), "Pod", true, false);
         let shared = Arc::new(Shared {
-            db: Mutex::new(Db { rv: 100, uid: 0, objects: BTreeMap::new(), history: VecDeque::new(), resources }),
+            db: Mutex::new(Db {
+                rv: 100,
+                uid: 0,
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                resources,
+            }),
             changes,
             faults: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
@@ -191,10 +205,11 @@ impl FakeApiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let s = shared.clone();
-        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let s = s.clone();
-            async move { handle(s, method, uri, headers, body).await }
-        });
+        let app =
+            axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let s = s.clone();
+                async move { handle(s, method, uri, headers, body).await }
+            });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -203,6 +218,8 @@ impl FakeApiServer {
 
     /// A `kube::Client` for this server.
     pub fn client(&self) -> kube::Client {
+        // Several rustls providers are compiled in (ring for kube, aws-lc-rs for reqwest): pick one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let url: axum::http::Uri = format!("http://{}", self.addr).parse().expect("uri");
         let mut cfg = kube::Config::new(url);
         cfg.default_namespace = "default".into();
@@ -217,7 +234,10 @@ impl FakeApiServer {
     /// Registers the NetworkChaos resource, as installing Chaos Mesh's CRD does.
     pub fn install_chaos_mesh(&self) {
         let mut db = self.shared.db.lock().unwrap();
-        db.resources.insert(networkchaos(), ResourceInfo { kind: "NetworkChaos".into(), status_subresource: true, custom: true });
+        db.resources.insert(
+            networkchaos(),
+            ResourceInfo { kind: "NetworkChaos".into(), status_subresource: true, custom: true },
+        );
     }
 
     pub fn inject(&self, fault: Fault) {
@@ -337,10 +357,17 @@ fn prepare_new(db: &mut Db, obj: &mut Value, old: Option<&Value>) {
     }
 }
 
-fn commit(shared: &Shared, db: &mut Db, key: (Gvr, String, String), kind: &'static str, mut obj: Value) -> Value {
+fn commit(
+    shared: &Shared,
+    db: &mut Db,
+    key: (Gvr, String, String),
+    kind: &'static str,
+    mut obj: Value,
+) -> Value {
     db.rv += 1;
     obj["metadata"]["resourceVersion"] = json!(db.rv.to_string());
-    let change = Change { rv: db.rv, gvr: key.0.clone(), namespace: key.1.clone(), kind, object: obj.clone() };
+    let change =
+        Change { rv: db.rv, gvr: key.0.clone(), namespace: key.1.clone(), kind, object: obj.clone() };
     if kind == "DELETED" {
         db.objects.remove(&key);
     } else {
@@ -362,9 +389,9 @@ fn delete_cascade(shared: &Shared, db: &mut Db, key: &(Gvr, String, String)) -> 
         .objects
         .iter()
         .filter(|(_, v)| {
-            v.pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid.as_str())))
+            v.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|refs| {
+                refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid.as_str()))
+            })
         })
         .map(|(k, _)| k.clone())
         .collect();
@@ -417,12 +444,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(x) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16) {
-                out.push(x);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(x) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16)
+        {
+            out.push(x);
+            i += 3;
+            continue;
         }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
@@ -492,7 +520,8 @@ fn field_matches(selector: &str, obj: &Value) -> bool {
                 None => return true,
             },
         };
-        let actual = obj.pointer(&format!("/{}", k.trim().replace('.', "/"))).and_then(Value::as_str).unwrap_or("");
+        let actual =
+            obj.pointer(&format!("/{}", k.trim().replace('.', "/"))).and_then(Value::as_str).unwrap_or("");
         (actual == v.trim()) != neg
     })
 }
@@ -579,7 +608,11 @@ fn execute(
     let Some(t) = parse_path(path) else { return fail(404, "NotFound", format!("no route {path}")) };
     let mut db = s.db.lock().unwrap();
     let Some(info) = db.resources.get(&t.gvr).cloned() else {
-        return fail(404, "NotFound", format!("the server could not find the requested resource ({})", t.gvr.2));
+        return fail(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({})", t.gvr.2),
+        );
     };
     let ns = t.namespace.clone().unwrap_or_default();
     let api_version = if t.gvr.0.is_empty() { t.gvr.1.clone() } else { format!("{}/{}", t.gvr.0, t.gvr.1) };
@@ -588,11 +621,16 @@ fn execute(
             let items: Vec<Value> = db
                 .objects
                 .iter()
-                .filter(|((g, n, _), v)| *g == t.gvr && (t.namespace.is_none() || *n == ns) && object_matches(v, q))
+                .filter(|((g, n, _), v)| {
+                    *g == t.gvr && (t.namespace.is_none() || *n == ns) && object_matches(v, q)
+                })
                 .map(|(_, v)| v.clone())
                 .collect();
-            (200, json!({"apiVersion": api_version, "kind": format!("{}List", info.kind),
-                         "metadata": {"resourceVersion": db.rv.to_string()}, "items": items}))
+            (
+                200,
+                json!({"apiVersion": api_version, "kind": format!("{}List", info.kind),
+                         "metadata": {"resourceVersion": db.rv.to_string()}, "items": items}),
+            )
         }
         ("GET", Some(name)) => match db.objects.get(&(t.gvr.clone(), ns.clone(), name.clone())) {
             Some(o) => (200, o.clone()),
@@ -617,10 +655,10 @@ fn execute(
             if db.objects.contains_key(&key) {
                 return fail(409, "AlreadyExists", format!("{} \"{name}\" already exists", t.gvr.2));
             }
-            if info.status_subresource {
-                if let Some(m) = obj.as_object_mut() {
-                    m.remove("status");
-                }
+            if info.status_subresource
+                && let Some(m) = obj.as_object_mut()
+            {
+                m.remove("status");
             }
             if let Some(m) = obj["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
@@ -634,13 +672,17 @@ fn execute(
             let Some(old) = db.objects.get(&key).cloned() else {
                 return fail(404, "NotFound", format!("{} \"{name}\" not found", t.gvr.2));
             };
-            if let Some(rv) = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                if Some(rv) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                    return fail(409, "Conflict", format!(
+            if let Some(rv) = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                && Some(rv) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            {
+                return fail(
+                    409,
+                    "Conflict",
+                    format!(
                         "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
                         t.gvr.2
-                    ));
-                }
+                    ),
+                );
             }
             obj = split_status(&info, t.sub.as_deref(), &old, obj);
             write(s, &mut db, key, &old, obj)
@@ -668,7 +710,11 @@ fn execute(
                 "application/merge-patch+json" => merge(&mut obj, &patch, true),
                 "application/strategic-merge-patch+json" if !info.custom => merge(&mut obj, &patch, true),
                 "application/strategic-merge-patch+json" => {
-                    return fail(415, "UnsupportedMediaType", "strategic merge patch is not supported for custom resources");
+                    return fail(
+                        415,
+                        "UnsupportedMediaType",
+                        "strategic merge patch is not supported for custom resources",
+                    );
                 }
                 "application/apply-patch+yaml" => {
                     if q.get("fieldManager").is_none() {
@@ -685,15 +731,23 @@ fn execute(
                         return fail(422, "Invalid", e.to_string());
                     }
                 }
-                other => return fail(415, "UnsupportedMediaType", format!("unsupported patch type {other:?}")),
+                other => {
+                    return fail(415, "UnsupportedMediaType", format!("unsupported patch type {other:?}"));
+                }
             }
-            let want_rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
-            let have_rv = old.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+            let want_rv =
+                obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+            let have_rv =
+                old.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
             if want_rv.is_some() && want_rv != have_rv {
-                return fail(409, "Conflict", format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    t.gvr.2
-                ));
+                return fail(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        t.gvr.2
+                    ),
+                );
             }
             obj = split_status(&info, t.sub.as_deref(), &old, obj);
             write(s, &mut db, key, &old, obj)
@@ -784,10 +838,14 @@ fn watch_response(s: Arc<Shared>, path: &str, q: HashMap<String, String>) -> Res
     let Some(t) = parse_path(path) else { return respond(404, &status_body(404, "NotFound", "no route")) };
     let known = s.db.lock().unwrap().resources.contains_key(&t.gvr);
     if !known {
-        return respond(404, &status_body(404, "NotFound", "the server could not find the requested resource"));
+        return respond(
+            404,
+            &status_body(404, "NotFound", "the server could not find the requested resource"),
+        );
     }
     let timeout = q.get("timeoutSeconds").and_then(|x| x.parse::<u64>().ok()).unwrap_or(290);
-    let from: Option<u64> = q.get("resourceVersion").filter(|x| !x.is_empty() && *x != "0").and_then(|x| x.parse().ok());
+    let from: Option<u64> =
+        q.get("resourceVersion").filter(|x| !x.is_empty() && *x != "0").and_then(|x| x.parse().ok());
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(1024);
     let mut live = s.changes.subscribe();
     let mut epoch = s.epoch.subscribe();
@@ -804,7 +862,9 @@ fn watch_response(s: Arc<Shared>, path: &str, q: HashMap<String, String>) -> Res
                 let items: Vec<Bytes> = db
                     .objects
                     .iter()
-                    .filter(|((g, n, _), v)| *g == t.gvr && t.namespace.as_ref().is_none_or(|x| x == n) && object_matches(v, &q))
+                    .filter(|((g, n, _), v)| {
+                        *g == t.gvr && t.namespace.as_ref().is_none_or(|x| x == n) && object_matches(v, &q)
+                    })
                     .map(|(_, v)| watch_line("ADDED", v))
                     .collect();
                 (items, db.rv, false)
