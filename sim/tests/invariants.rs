@@ -99,8 +99,10 @@ fn run_reports_every_strategy_and_progress() {
     let trace = ads_trace(3_000);
     let opts = SimOptions { seed: 1, ..SimOptions::default() };
     let p = prepare(&trace, &opts).unwrap();
-    let list: Vec<Box<dyn Strategy>> =
-        strategies::NAMES.iter().map(|n| strategies::build(n, &p).unwrap()).collect();
+    let list: Vec<Box<dyn Strategy>> = strategies::NAMES
+        .iter()
+        .map(|n| strategies::build(n, &p).unwrap() as Box<dyn demeter_sim::Strategy>)
+        .collect();
     let mut calls = Vec::new();
     let rep = run(&trace, list, &opts, &mut |d, t| calls.push((d, t))).unwrap();
     assert_eq!(rep.strategies.len(), strategies::NAMES.len());

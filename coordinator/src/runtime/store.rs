@@ -1064,7 +1064,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("d.db"));
         // SQLite's page limit stands in for a full disk: the same SQLITE_FULL error.
-        let pages: i64 = s.with_blocking(false, |c| Ok(c.query_row("PRAGMA page_count", [], |r| r.get(0))?)).unwrap();
+        let pages: i64 =
+            s.with_blocking(false, |c| Ok(c.query_row("PRAGMA page_count", [], |r| r.get(0))?)).unwrap();
         s.with_blocking(false, |c| {
             c.pragma_update(None, "max_page_count", pages)?;
             Ok(())
